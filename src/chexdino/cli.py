@@ -1,0 +1,256 @@
+"""``chexdino`` command line: one subcommand per workflow stage (the rules call these)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from chexdino.errors import ChexdinoError
+
+log = logging.getLogger("chexdino")
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
+
+
+def command(name: str):
+    def register(func):
+        COMMANDS[name] = func
+        return func
+
+    return register
+
+
+def _json(text: str) -> dict:
+    return json.loads(text)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """Snakemake's scatter item ``k-of-n`` -> (k, n), 1-based."""
+    k, _, n = text.partition("-of-")
+    if not (k.isdigit() and n.isdigit()) or not 1 <= int(k) <= int(n):
+        raise argparse.ArgumentTypeError(f"--shard must look like 3-of-8, got '{text}'")
+    return int(k), int(n)
+
+
+def shard_rows(n_rows: int, k: int, n: int) -> slice:
+    """Contiguous block ``k`` of ``n`` (1-based), so gathering in order keeps manifest order."""
+    return slice((k - 1) * n_rows // n, k * n_rows // n)
+
+
+@command("demo-data")
+def cmd_demo_data(a: argparse.Namespace) -> None:
+    from chexdino.demo_data import make_demo_dataset
+
+    summary = make_demo_dataset(Path(a.outdir), n_studies=a.studies, n_chexpert=a.chexpert,
+                                seed=a.seed)
+    print(json.dumps(summary, indent=2, default=str))
+
+
+@command("select-mimic")
+def cmd_select_mimic(a: argparse.Namespace) -> None:
+    from chexdino.select import select_mimic, write_manifest
+
+    sel = _json(a.select)
+    manifest, rejects = select_mimic(
+        Path(a.split), Path(a.metadata), Path(a.chexpert), Path(a.image_root),
+        Path(a.report_root), a.image_suffix, sel["views"], sel["missing_view"], sel["splits"],
+        sel.get("max_images"))
+    write_manifest(manifest, rejects, Path(a.manifest), Path(a.rejects))
+    log.info("selected %d images, rejected %d records", len(manifest), len(rejects))
+
+
+@command("select-chexpert")
+def cmd_select_chexpert(a: argparse.Namespace) -> None:
+    from chexdino.select import select_chexpert_test, write_manifest
+
+    manifest, rejects = select_chexpert_test(Path(a.groundtruth), Path(a.image_root))
+    write_manifest(manifest, rejects, Path(a.manifest), Path(a.rejects))
+    log.info("selected %d CheXpert test images", len(manifest))
+
+
+@command("images")
+def cmd_images(a: argparse.Namespace) -> None:
+    from chexdino.images import process_shard
+    from chexdino.select import read_manifest
+
+    manifest = read_manifest(Path(a.manifest))
+    k, n = a.shard
+    part = manifest.iloc[shard_rows(len(manifest), k, n)].reset_index(drop=True)
+    counts = process_shard(part, Path(a.out), Path(a.rejects), size=a.size, threads=a.threads)
+    log.info("shard %d of %d: %s", k, n, counts)
+
+
+@command("gather")
+def cmd_gather(a: argparse.Namespace) -> None:
+    from chexdino.h5store import gather_rejects, gather_stores
+
+    n = gather_stores([Path(p) for p in a.shards], Path(a.out))
+    gather_rejects([Path(p) for p in a.shard_rejects], Path(a.rejects))
+    log.info("gathered %d images from %d shards into %s", n, len(a.shards), a.out)
+
+
+@command("impressions")
+def cmd_impressions(a: argparse.Namespace) -> None:
+    from chexdino.reports import extract_impressions, impression_summary
+    from chexdino.select import read_manifest
+
+    manifest = read_manifest(Path(a.manifest))
+    studies = manifest[["study_id", "report_path"]].drop_duplicates("study_id")
+    impressions, rejects = extract_impressions(studies.reset_index(drop=True))
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    impressions.to_csv(a.out, index=False)
+    rejects.to_csv(a.rejects, index=False)
+    log.info("impressions: %s", json.dumps(impression_summary(impressions, rejects)))
+
+
+@command("tokens")
+def cmd_tokens(a: argparse.Namespace) -> None:
+    from chexdino.tokens import build_tokens
+
+    counts = build_tokens(Path(a.cxr), Path(a.impressions), Path(a.out), a.context_length)
+    log.info("tokens: %s", counts)
+
+
+@command("train")
+def cmd_train(a: argparse.Namespace) -> None:
+    from chexdino.train import train
+
+    result = train(Path(a.cxr), Path(a.tokens), Path(a.out_dir), _json(a.model), _json(a.train),
+                   _json(a.evaluate))
+    log.info("training finished: %s", result)
+
+
+@command("plot-training")
+def cmd_plot_training(a: argparse.Namespace) -> None:
+    from chexdino.plots import plot_training_curves
+
+    plot_training_curves(Path(a.metrics), Path(a.validation), Path(a.out))
+
+
+@command("evaluate")
+def cmd_evaluate(a: argparse.Namespace) -> None:
+    from chexdino.evaluate import ensemble_members, evaluate_store
+
+    cfg = _json(a.evaluate)
+    top_k = cfg.get("ensemble_top_k", 1)
+    members = [Path(a.model)] if top_k <= 1 else ensemble_members(Path(a.checkpoints), top_k)
+    evaluate_store(members, Path(a.cxr), Path(a.out_dir), cfg, a.input_size,
+                   split=a.split or None, device_name=a.device, precision=a.precision,
+                   batch_size=cfg.get("batch_size", 256))
+
+
+@command("summarize")
+def cmd_summarize(a: argparse.Namespace) -> None:
+    from chexdino.summary import plot_dataset, summarize_dataset, write_summary
+
+    summary, rejects = summarize_dataset(
+        Path(a.manifest), Path(a.select_rejects), Path(a.cxr), Path(a.image_rejects),
+        Path(a.impressions), Path(a.report_rejects), Path(a.tokens))
+    write_summary(summary, rejects, Path(a.out), Path(a.rejects))
+    plot_dataset(summary, Path(a.figure), Path(a.cxr), a.sample_images == "True")
+    print(json.dumps(summary, indent=2))
+
+
+@command("scorecard")
+def cmd_scorecard(a: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from chexdino.zeroshot import format_table
+
+    summaries = sorted(Path(a.results).glob("eval/*/summary.json"))
+    if not summaries:
+        raise ChexdinoError(f"no eval/*/summary.json under {a.results}: run the workflow first")
+    for path in summaries:
+        table = pd.read_csv(path.with_name("auroc.csv"), keep_default_na=False,
+                            na_values=[""])
+        print(f"\n== zero-shot scorecard: {path.parent.name} ==")
+        print(format_table(table, json.loads(path.read_text())))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="chexdino", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("demo-data", help="write the synthetic MIMIC-CXR demo dataset")
+    s.add_argument("outdir")
+    s.add_argument("--studies", type=int, default=2000)
+    s.add_argument("--chexpert", type=int, default=300)
+    s.add_argument("--seed", type=int, default=0)
+
+    s = sub.add_parser("select-mimic", help="stage 1: manifest from MIMIC-CXR tables")
+    for arg in ("split", "metadata", "chexpert", "image-root", "image-suffix", "report-root",
+                "select", "manifest", "rejects"):
+        s.add_argument(f"--{arg}", required=True)
+
+    s = sub.add_parser("select-chexpert", help="stage 1: manifest from a CheXpert test set")
+    for arg in ("groundtruth", "image-root", "manifest", "rejects"):
+        s.add_argument(f"--{arg}", required=True)
+
+    s = sub.add_parser("images", help="stage 2: decode one shard of images into HDF5")
+    s.add_argument("--manifest", required=True)
+    s.add_argument("--shard", type=parse_shard, default=(1, 1))
+    s.add_argument("--size", type=int, default=320)
+    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--out", required=True)
+    s.add_argument("--rejects", required=True)
+
+    s = sub.add_parser("gather", help="stage 2: concatenate shard stores in order")
+    s.add_argument("--shards", nargs="+", required=True)
+    s.add_argument("--shard-rejects", nargs="+", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--rejects", required=True)
+
+    s = sub.add_parser("impressions", help="stage 3: impression text per study")
+    for arg in ("manifest", "out", "rejects"):
+        s.add_argument(f"--{arg}", required=True)
+
+    s = sub.add_parser("tokens", help="stage 3: CLIP BPE tokens row-aligned with the images")
+    for arg in ("cxr", "impressions", "out"):
+        s.add_argument(f"--{arg}", required=True)
+    s.add_argument("--context-length", type=int, default=77)
+
+    s = sub.add_parser("train", help="stage 4: contrastive training (resumes)")
+    for arg in ("cxr", "tokens", "out-dir", "model", "train", "evaluate"):
+        s.add_argument(f"--{arg}", required=True)
+
+    s = sub.add_parser("plot-training", help="training curves for the report")
+    for arg in ("metrics", "validation", "out"):
+        s.add_argument(f"--{arg}", required=True)
+
+    s = sub.add_parser("evaluate", help="stage 5: zero-shot AUROC scorecard")
+    for arg in ("model", "checkpoints", "cxr", "evaluate", "out-dir"):
+        s.add_argument(f"--{arg}", required=True)
+    s.add_argument("--split", default="")
+    s.add_argument("--input-size", type=int, default=224)
+    s.add_argument("--precision", default="bf16")
+    s.add_argument("--device", default="auto")
+
+    s = sub.add_parser("summarize", help="stage 6: dataset accounting and figure")
+    for arg in ("manifest", "select-rejects", "cxr", "image-rejects", "impressions",
+                "report-rejects", "tokens", "out", "rejects", "figure"):
+        s.add_argument(f"--{arg}", required=True)
+    s.add_argument("--sample-images", default="False")
+
+    s = sub.add_parser("scorecard", help="print the AUROC tables of a results folder")
+    s.add_argument("results")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args) or 0
+    except ChexdinoError as exc:
+        log.error("%s", exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""The CLIP-style model: timm DINOv3 image tower + linear projection, open_clip CLIP text tower.
+
+Shrunken test and demo models are the same classes built with smaller ``overrides``
+(timm's and open_clip's own config keys), so every code path is the real one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from chexdino.errors import WeightsError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VisionConfig:
+    """timm model name, constructor overrides and an optional local weights file."""
+
+    name: str = "vit_base_patch16_dinov3"
+    weights: str | None = None
+    random_init: bool = False
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TextConfig:
+    """open_clip model name (its text tower is used), overrides and a local weights file."""
+
+    name: str = "ViT-B-32-quickgelu"
+    weights: str | None = None
+    random_init: bool = False
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild the model; stored inside every checkpoint."""
+
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    embed_dim: int = 512
+    init_temperature: float = 0.07
+    max_logit_scale: float = 100.0
+
+    @classmethod
+    def from_dict(cls, cfg: dict[str, Any]) -> ModelConfig:
+        """Build from the ``model:`` section of config.yaml (unknown keys are an error)."""
+        cfg = dict(cfg)
+        vision = VisionConfig(**cfg.pop("vision", {}))
+        text = TextConfig(**cfg.pop("text", {}))
+        return cls(vision=vision, text=text, **cfg)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ChexDino(nn.Module):
+    """Image and text encoders mapping into one L2-normalised ``embed_dim`` space."""
+
+    def __init__(self, cfg: ModelConfig, load_weights: bool = True):
+        super().__init__()
+        self.cfg = cfg
+        self.visual = build_vision_tower(cfg.vision, load_weights=load_weights)
+        self.visual_proj = nn.Linear(self.visual.num_features, cfg.embed_dim)
+        self.text = build_text_tower(cfg.text, cfg.embed_dim, load_weights=load_weights)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
+
+    @property
+    def context_length(self) -> int:
+        return int(self.text.context_length)
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised images -> (B, D) unit vectors (DINOv3 CLS token, projected)."""
+        return F.normalize(self.visual_proj(self.visual(images)), dim=-1)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, 77) CLIP BPE tokens -> (B, D) unit vectors (CLIP's own 512-d text space)."""
+        return F.normalize(self.text(tokens), dim=-1)
+
+    def forward(
+        self, images: torch.Tensor, tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.encode_image(images), self.encode_text(tokens), self.logit_scale.exp()
+
+    @torch.no_grad()
+    def clamp_logit_scale(self) -> None:
+        """CLIP keeps the logit scale in [0, log(100)] after every optimiser step."""
+        self.logit_scale.clamp_(0, math.log(self.cfg.max_logit_scale))
+
+
+def contrastive_loss(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor
+) -> torch.Tensor:
+    """Symmetric InfoNCE: mean of image->text and text->image cross-entropy."""
+    logits = logit_scale * image_emb.float() @ text_emb.float().t()
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+
+
+def build_model(cfg: ModelConfig | dict[str, Any], load_weights: bool = True) -> ChexDino:
+    """Build the model; pretrained weights come only from the local files in ``cfg``."""
+    if isinstance(cfg, dict):
+        cfg = ModelConfig.from_dict(cfg)
+    return ChexDino(cfg, load_weights=load_weights)
+
+
+def build_vision_tower(cfg: VisionConfig, load_weights: bool = True) -> nn.Module:
+    """timm DINOv3 with CLS-token pooling and no classifier head (768-d for ViT-B/16)."""
+    import timm
+
+    kwargs = {"num_classes": 0, "global_pool": "token", **cfg.overrides}
+    model = timm.create_model(cfg.name, pretrained=False, **kwargs)
+    if load_weights:
+        if cfg.weights:
+            load_vision_weights(model, Path(cfg.weights))
+        else:
+            _require_random_init("model.vision", cfg.random_init)
+    return model
+
+
+def build_text_tower(cfg: TextConfig, embed_dim: int, load_weights: bool = True) -> nn.Module:
+    """open_clip's CLIP text transformer from the named config (QuickGELU where it says so)."""
+    import open_clip
+    from open_clip.model import CLIPTextCfg, _build_text_tower
+
+    named = open_clip.get_model_config(cfg.name)
+    if named is None:
+        raise WeightsError(f"model.text.name: unknown open_clip model '{cfg.name}'")
+    text_cfg = CLIPTextCfg(**{**named["text_cfg"], **cfg.overrides})
+    tower = _build_text_tower(embed_dim, text_cfg, quick_gelu=named.get("quick_gelu", False))
+    if load_weights:
+        if cfg.weights:
+            load_text_weights(tower, Path(cfg.weights))
+        else:
+            _require_random_init("model.text", cfg.random_init)
+    return tower
+
+
+def _require_random_init(key: str, allowed: bool) -> None:
+    if not allowed:
+        raise WeightsError(
+            f"{key}.weights is not set and {key}.random_init is false: give a local weights "
+            "file, or set random_init: true to train from scratch on purpose"
+        )
+    msg = f"{key}: RANDOM INITIALISATION (no weights file; {key}.random_init is true)"
+    warnings.warn(msg, stacklevel=3)
+    log.warning(msg)
+
+
+def read_state_dict(path: Path, key: str) -> dict[str, torch.Tensor]:
+    """Read a weights file (.safetensors, .pth/.bin/.pt state dict or TorchScript) safely."""
+    if not path.is_file():
+        raise WeightsError(f"{key}: weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - rewrap with the file name
+            raise WeightsError(f"{key}: cannot read safetensors file {path}: {exc}") from exc
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - maybe TorchScript (OpenAI's CLIP .pt)
+        try:
+            obj = torch.jit.load(str(path), map_location="cpu").state_dict()
+        except Exception:  # noqa: BLE001
+            raise WeightsError(
+                f"{key}: {path} is neither a weights-only torch checkpoint nor TorchScript: {exc}"
+            ) from exc
+    for wrapper in ("state_dict", "model", "module"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{key}: {path} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_vision_weights(model: nn.Module, path: Path) -> None:
+    """Meta's DINOv3 .pth (converted by timm's eva.checkpoint_filter_fn) or a timm file; strict."""
+    from timm.models.eva import checkpoint_filter_fn
+
+    state = read_state_dict(path, "model.vision.weights")
+    if not any(k.startswith("blocks.0.attn.qkv") for k in state):
+        state = checkpoint_filter_fn(state, model)
+    state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    _load_strict(model, state, "model.vision.weights", path)
+
+
+TEXT_KEYS = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.")
+
+
+def load_text_weights(tower: nn.Module, path: Path) -> None:
+    """Text-tower weights from an OpenAI CLIP (TorchScript) or open_clip checkpoint; strict."""
+    state = read_state_dict(path, "model.text.weights")
+    if any(k.startswith("text.") for k in state):  # open_clip CustomTextCLIP layout
+        state = {k.removeprefix("text."): v for k, v in state.items() if k.startswith("text.")}
+    keep = {k: v for k, v in state.items() if k.startswith(TEXT_KEYS) or k == "text_projection"}
+    _load_strict(tower, keep, "model.text.weights", path)
+
+
+def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], key: str, path: Path) -> None:
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [k for k in set(own) & set(state) if own[k].shape != state[k].shape]
+    if missing or unexpected or shapes:
+        raise WeightsError(
+            f"{key}: {path} does not match the configured architecture: "
+            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected "
+            f"(e.g. {unexpected[:3]}), {len(shapes)} with other shapes (e.g. {shapes[:3]})"
+        )
+    module.load_state_dict(state, strict=True)
+    log.info("%s: loaded %d tensors from %s", key, len(state), path)

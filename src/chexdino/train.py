@@ -1,0 +1,360 @@
+"""Stage 4: step-based contrastive training, resumable exactly, safe under SLURM's wall time.
+
+State that decides the trajectory is either in the checkpoint (weights, optimiser, step,
+history) or a pure function of ``(seed, step)`` (batch order, augmentation draws, learning
+rate), so a run stopped anywhere and restarted from its last checkpoint continues the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from chexdino import __version__, h5store
+from chexdino.data import ImageBank, batch_indices, step_generator
+from chexdino.evaluate import autocast, embed_images, pick_device, validation_auroc
+from chexdino.model import ChexDino, ModelConfig, build_model, contrastive_loss
+from chexdino.tokens import read_tokens
+from chexdino.transforms import AugmentConfig, eval_transform, train_transform
+
+log = logging.getLogger(__name__)
+
+RESUME_EXIT_CODE = 75
+"""Exit status after a checkpoint written on SIGUSR1/SIGTERM: "rerun me to resume" (EX_TEMPFAIL)."""
+
+
+@dataclass
+class TrainConfig:
+    """The ``train:`` section of config.yaml; defaults are the spec's real run."""
+
+    steps: int = 25_000
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 1e-4
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    schedule: str = "constant"
+    input_size: int = 224
+    crop_scale: list[float] = field(default_factory=lambda: [0.9, 1.0])
+    hflip: float = 0.5
+    val_every: int = 500
+    val_max_images: int = 5000
+    ckpt_every: int = 500
+    keep_last: int = 2
+    keep_best: int = 3
+    select_by: str = "val_auroc"
+    log_every: int = 50
+    precision: str = "bf16"
+    compile: bool = False
+    data_on_device: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+
+    @property
+    def augment(self) -> AugmentConfig:
+        return AugmentConfig(self.input_size, tuple(self.crop_scale), hflip=self.hflip)
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.select_by == "val_auroc"
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up, then constant or cosine decay; a pure function of the step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "cosine":
+        done = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * done))
+    return cfg.lr
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum (the spec) or AdamW (the demo's from-scratch setting)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"train.optimizer: '{cfg.optimizer}' is not sgd or adamw")
+
+
+class StopRequest:
+    """Turns SLURM's pre-timeout signal (USR1) or a TERM into a flag read between steps."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def install(self) -> None:
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        log.warning("received signal %d: checkpointing after this step", signum)
+        self.signal = signum
+
+
+@dataclass
+class SplitData:
+    """Images (a bank), tokens and labels of one split, ready for the loop."""
+
+    bank: ImageBank
+    tokens: torch.Tensor
+    labels: pd.DataFrame
+
+
+def load_split(cxr_h5: Path, tokens_h5: Path, split: str, device: torch.device, mode: str,
+               max_rows: int | None = None) -> SplitData:
+    """Rows of ``split`` that have both an image and a tokenised impression."""
+    meta = h5store.read_meta(cxr_h5)
+    tokens, has_text = read_tokens(tokens_h5)
+    rows = np.flatnonzero((meta["split"] == split).to_numpy() & has_text)
+    if max_rows is not None:
+        rows = rows[:max_rows]
+    bank = ImageBank(cxr_h5, rows, device, mode)
+    return SplitData(bank, torch.from_numpy(tokens[rows]).long().to(device),
+                     meta.iloc[rows].reset_index(drop=True))
+
+
+class Trainer:
+    """One training run writing into ``out_dir``; ``run()`` resumes from its last checkpoint."""
+
+    def __init__(self, cxr_h5: Path, tokens_h5: Path, out_dir: Path, model_cfg: dict[str, Any],
+                 train_cfg: dict[str, Any], eval_cfg: dict[str, Any]):
+        self.cfg = TrainConfig(**train_cfg)
+        self.model_cfg = ModelConfig.from_dict(model_cfg)
+        self.eval_cfg = eval_cfg
+        self.out_dir = Path(out_dir)
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        self.device = pick_device(self.cfg.device)
+        self.train = load_split(cxr_h5, tokens_h5, "train", self.device, self.cfg.data_on_device)
+        self.val = load_split(cxr_h5, tokens_h5, "validate", self.device, "host",
+                              self.cfg.val_max_images)
+        if len(self.train.bank) < self.cfg.batch_size:
+            raise ValueError(f"train.batch_size {self.cfg.batch_size} is larger than the "
+                             f"{len(self.train.bank)} training rows with image and text")
+        torch.manual_seed(self.cfg.seed)
+        self.model: ChexDino = build_model(self.model_cfg).to(self.device)
+        self.optimizer = make_optimizer(self.model, self.cfg)
+        self.step_fn = self._make_step_fn()
+        self.step = 0
+        self.log_rows: list[dict[str, Any]] = []
+        self.val_rows: list[dict[str, Any]] = []
+        self.stop = StopRequest()
+
+    # ---- one optimisation step -------------------------------------------------------
+    def _make_step_fn(self):
+        def forward_loss(images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+            with autocast(self.device, self.cfg.precision):
+                img, txt, scale = self.model(images, tokens)
+            return contrastive_loss(img, txt, scale)
+
+        return torch.compile(forward_loss) if self.cfg.compile else forward_loss
+
+    def train_step(self, step: int) -> torch.Tensor:
+        """One step at ``step``: batch, augmentation and lr are all functions of the step."""
+        positions = batch_indices(step, len(self.train.bank), self.cfg.batch_size, self.cfg.seed)
+        images = self.train.bank.batch(positions)
+        x = train_transform(images, self.cfg.augment, step_generator(self.cfg.seed, step))
+        tokens = self.train.tokens[torch.from_numpy(positions).to(self.device)]
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.cfg, step)
+        self.model.train()
+        loss = self.step_fn(x, tokens)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.model.clamp_logit_scale()
+        return loss.detach()
+
+    # ---- the loop -----------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Train to ``cfg.steps`` (resuming if a checkpoint exists); returns the final summary."""
+        self.resume()
+        self.stop.install()
+        window: list[torch.Tensor] = []
+        tick, tick_step = time.perf_counter(), self.step
+        while self.step < self.cfg.steps:
+            window.append(self.train_step(self.step))
+            self.step += 1
+            if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
+                self._log(window, tick, tick_step)
+                window, tick, tick_step = [], time.perf_counter(), self.step
+            if self.step % self.cfg.val_every == 0 or self.step == self.cfg.steps:
+                self.validate()
+            if (self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps
+                    or self.stop.signal is not None):
+                if window:
+                    self._log(window, tick, tick_step)
+                    window, tick, tick_step = [], time.perf_counter(), self.step
+                self.save_checkpoint()
+            if self.stop.signal is not None and self.step < self.cfg.steps:
+                log.warning("stopping at step %d for a resubmission", self.step)
+                raise SystemExit(RESUME_EXIT_CODE)
+        return self.finish()
+
+    def _log(self, window: list[torch.Tensor], tick: float, tick_step: int) -> None:
+        losses = torch.stack(window).float().cpu().numpy()  # the one host sync per log window
+        if not np.isfinite(losses).all():
+            raise FloatingPointError(
+                f"non-finite loss at step {tick_step + int(np.argmin(np.isfinite(losses))) + 1}; "
+                f"the last good checkpoint in {self.ckpt_dir} is kept (lower train.lr?)")
+        seconds = time.perf_counter() - tick
+        row = {
+            "step": self.step,
+            "loss": float(losses.mean()),
+            "lr": learning_rate(self.cfg, self.step - 1),
+            "temperature": float(1.0 / self.model.logit_scale.exp().item()),
+            "img_per_s": (self.step - tick_step) * self.cfg.batch_size / max(seconds, 1e-9),
+            "gpu_mem_gb": (torch.cuda.max_memory_allocated(self.device) / 2**30
+                           if self.device.type == "cuda" else 0.0),
+        }
+        self.log_rows.append(row)
+        log.info("step %(step)d loss %(loss).4f lr %(lr).2e T %(temperature).4f "
+                 "%(img_per_s).0f img/s", row)
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, Any]:
+        """Contrastive loss on the validation split, plus zero-shot AUROC when it has labels."""
+        started = time.perf_counter()
+        self.model.eval()
+        n, bs = len(self.val.bank), self.cfg.batch_size
+        losses = []
+        for start in range(0, n - bs + 1, bs):
+            positions = np.arange(start, start + bs)
+            x = eval_transform(self.val.bank.batch(positions), self.cfg.input_size)
+            with autocast(self.device, self.cfg.precision):
+                img, txt, scale = self.model(x, self.val.tokens[start:start + bs])
+            losses.append(contrastive_loss(img, txt, scale).item())
+        val_loss = float(np.mean(losses)) if losses else float("nan")
+        val_auroc = float("nan")
+        if n:
+            images = self.val.bank.batch(np.arange(n))
+            emb = embed_images(self.model, images, self.cfg.input_size, self.device,
+                               256, self.cfg.precision)
+            val_auroc = validation_auroc(self.model, emb, self.val.labels, self.eval_cfg,
+                                         self.device, self.cfg.precision)
+        row = {"step": self.step, "val_loss": val_loss, "val_auroc": val_auroc,
+               "seconds": time.perf_counter() - started}
+        self.val_rows.append(row)
+        log.info("validation at step %(step)d: loss %(val_loss).4f, zero-shot mean AUROC "
+                 "%(val_auroc).4f", row)
+        if self._is_best(row):
+            self._atomic_save(self._weights_payload(row), self.ckpt_dir / "best.pt")
+        return row
+
+    def _metric(self, row: dict[str, Any]) -> float:
+        value = row.get(self.cfg.select_by, float("nan"))
+        if value is None or not np.isfinite(value):
+            return -math.inf
+        return value if self.cfg.higher_is_better else -value
+
+    def _is_best(self, row: dict[str, Any]) -> bool:
+        earlier = [self._metric(r) for r in self.val_rows[:-1]]
+        return not earlier or self._metric(row) > max(earlier)
+
+    # ---- checkpoints --------------------------------------------------------------------
+    def _weights_payload(self, val: dict[str, Any] | None) -> dict[str, Any]:
+        return {"step": self.step, "model": self.model.state_dict(),
+                "model_config": self.model_cfg.to_dict(), "val": val or {},
+                "chexdino_version": __version__}
+
+    def save_checkpoint(self) -> Path:
+        """Full resumable state to ``step_XXXXXXX.pt`` (atomic), then apply retention."""
+        payload = self._weights_payload(self.val_rows[-1] if self.val_rows else None)
+        payload.update({
+            "optimizer": self.optimizer.state_dict(),
+            "train_config": asdict(self.cfg),
+            "log_rows": self.log_rows,
+            "val_rows": self.val_rows,
+        })
+        path = self.ckpt_dir / f"step_{self.step:07d}.pt"
+        self._atomic_save(payload, path)
+        self._apply_retention()
+        self.write_tables()
+        return path
+
+    @staticmethod
+    def _atomic_save(payload: dict[str, Any], path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+
+    def _step_checkpoints(self) -> list[Path]:
+        return sorted(self.ckpt_dir.glob("step_*.pt"))
+
+    def _ranked(self) -> list[dict[str, Any]]:
+        """Retained step checkpoints with a validation at their step, best first."""
+        by_step = {r["step"]: r for r in self.val_rows}
+        ranked = []
+        for path in self._step_checkpoints():
+            step = int(path.stem.split("_")[1])
+            if step in by_step:
+                ranked.append({"path": str(path), "step": step,
+                               "metric": self._metric(by_step[step])})
+        return sorted(ranked, key=lambda c: (-c["metric"], -c["step"]))
+
+    def _apply_retention(self) -> None:
+        """Keep the last ``keep_last`` and the best ``keep_best`` step checkpoints."""
+        paths = self._step_checkpoints()
+        keep = {str(p) for p in paths[-self.cfg.keep_last:]} if self.cfg.keep_last else set()
+        keep |= {c["path"] for c in self._ranked()[:self.cfg.keep_best]}
+        keep.add(str(paths[-1]))  # the newest is always kept: it is the resume point
+        for path in paths:
+            if str(path) not in keep:
+                path.unlink()
+
+    def resume(self) -> None:
+        """Load the newest readable step checkpoint, if any (a corrupt one is reported, skipped)."""
+        for path in reversed(self._step_checkpoints()):
+            try:
+                ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:  # noqa: BLE001 - fall back to the previous good one
+                log.error("checkpoint %s is unreadable (%s); trying the previous one", path, exc)
+                continue
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.step = int(ckpt["step"])
+            self.log_rows = list(ckpt["log_rows"])
+            self.val_rows = list(ckpt["val_rows"])
+            log.info("resumed from %s at step %d", path, self.step)
+            return
+
+    def write_tables(self) -> None:
+        """metrics.csv (per log window), validation.csv and checkpoints.json."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(self.log_rows, columns=["step", "loss", "lr", "temperature", "img_per_s",
+                                             "gpu_mem_gb"]).to_csv(
+            self.out_dir / "metrics.csv", index=False)
+        pd.DataFrame(self.val_rows, columns=["step", "val_loss", "val_auroc", "seconds"]).to_csv(
+            self.out_dir / "validation.csv", index=False)
+        info = {"select_by": self.cfg.select_by, "best": str(self.ckpt_dir / "best.pt"),
+                "ranked": self._ranked()}
+        (self.out_dir / "checkpoints.json").write_text(json.dumps(info, indent=2))
+
+    def finish(self) -> dict[str, Any]:
+        """Copy the best weights to ``best.pt`` (the rule's output) and write the tables."""
+        best = torch.load(self.ckpt_dir / "best.pt", map_location="cpu", weights_only=True)
+        self._atomic_save(best, self.out_dir / "best.pt")
+        self.write_tables()
+        return {"steps": self.step, "best_step": best["step"], "best_val": best["val"]}
+
+
+def train(cxr_h5: Path, tokens_h5: Path, out_dir: Path, model_cfg: dict[str, Any],
+          train_cfg: dict[str, Any], eval_cfg: dict[str, Any]) -> dict[str, Any]:
+    """Run (or resume) training; see :class:`Trainer`."""
+    return Trainer(cxr_h5, tokens_h5, out_dir, model_cfg, train_cfg, eval_cfg).run()

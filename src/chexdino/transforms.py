@@ -1,0 +1,116 @@
+"""Batched image transforms that run where the data lives (GPU when training on one).
+
+The training transform is SPEC §3's RandomResizedCrop(224, scale=(0.9, 1.0), bicubic) +
+RandomHorizontalFlip(0.5) + Normalize(CLIP mean/std), done for a whole uint8 batch in one
+``grid_sample`` call: per-sample crop boxes are drawn with torchvision's own rule, and the
+crop, resize and flip become one affine sampling grid. Validation is Resize(224, bicubic).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """The spec's augmentation settings (all config keys under ``train:``)."""
+
+    input_size: int = 224
+    crop_scale: tuple[float, float] = (0.9, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = 0.5
+
+
+def normalize_gray(x: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) floats in [0, 1] -> (B, 3, H, W) with CLIP's per-channel mean/std."""
+    mean = torch.tensor(CLIP_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def eval_transform(images: torch.Tensor, input_size: int) -> torch.Tensor:
+    """uint8 (B, H, W) -> normalised float (B, 3, S, S): Resize(S, bicubic), as at validation."""
+    x = images.unsqueeze(1).float().div_(255.0)
+    if x.shape[-1] != input_size or x.shape[-2] != input_size:
+        x = F.interpolate(x, size=(input_size, input_size), mode="bicubic", antialias=True)
+    return normalize_gray(x.clamp_(0.0, 1.0))
+
+
+def sample_crop_boxes(
+    batch: int, height: int, width: int, cfg: AugmentConfig, generator: torch.Generator
+) -> torch.Tensor:
+    """(B, 4) boxes (top, left, h, w) drawn like torchvision's RandomResizedCrop.get_params.
+
+    Ten attempts per sample at a random area fraction and log-uniform aspect ratio; samples
+    with no valid attempt fall back to the central crop clamped to the ratio range.
+    """
+    area = height * width
+    tries = 10
+    scale = torch.empty(batch, tries).uniform_(*cfg.crop_scale, generator=generator)
+    log_ratio = torch.empty(batch, tries).uniform_(
+        math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1]), generator=generator
+    )
+    ratio = log_ratio.exp()
+    target = area * scale
+    w = torch.sqrt(target * ratio).round()
+    h = torch.sqrt(target / ratio).round()
+    ok = (w > 0) & (h > 0) & (w <= width) & (h <= height)
+    first = torch.where(ok.any(1), ok.float().argmax(1), torch.full((batch,), -1))
+    u = torch.rand(batch, 2, generator=generator)
+    rows = torch.arange(batch)
+    h_sel = h[rows, first.clamp(min=0)]
+    w_sel = w[rows, first.clamp(min=0)]
+    top = torch.floor(u[:, 0] * (height - h_sel + 1))
+    left = torch.floor(u[:, 1] * (width - w_sel + 1))
+    fallback = first < 0
+    if fallback.any():
+        in_ratio = width / height
+        if in_ratio < cfg.crop_ratio[0]:
+            fw, fh = width, round(width / cfg.crop_ratio[0])
+        elif in_ratio > cfg.crop_ratio[1]:
+            fh, fw = height, round(height * cfg.crop_ratio[1])
+        else:
+            fw, fh = width, height
+        h_sel[fallback], w_sel[fallback] = float(fh), float(fw)
+        top[fallback], left[fallback] = float((height - fh) // 2), float((width - fw) // 2)
+    return torch.stack([top, left, h_sel, w_sel], dim=1)
+
+
+def crop_flip_grid(
+    boxes: torch.Tensor, flip: torch.Tensor, height: int, width: int, size: int
+) -> torch.Tensor:
+    """Affine sampling grid mapping each output pixel into its (possibly mirrored) crop box."""
+    top, left, h, w = boxes.unbind(1)
+    # Normalised coordinates (align_corners=False): pixel edges at -1 and 1.
+    cx = (left + w / 2) / width * 2 - 1
+    cy = (top + h / 2) / height * 2 - 1
+    sx = w / width * torch.where(flip, -1.0, 1.0)
+    sy = h / height
+    zero = torch.zeros_like(sx)
+    theta = torch.stack([torch.stack([sx, zero, cx], 1), torch.stack([zero, sy, cy], 1)], 1)
+    return F.affine_grid(theta, [boxes.shape[0], 1, size, size], align_corners=False)
+
+
+def train_transform(
+    images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator
+) -> torch.Tensor:
+    """uint8 (B, H, W) on any device -> augmented, normalised float (B, 3, S, S).
+
+    Random parameters come from ``generator`` (a CPU generator seeded per step), so a resumed
+    run draws exactly the same crops and flips as an uninterrupted one.
+    """
+    batch, height, width = images.shape
+    boxes = sample_crop_boxes(batch, height, width, cfg, generator)
+    flip = torch.rand(batch, generator=generator) < cfg.hflip
+    grid = crop_flip_grid(boxes, flip, height, width, cfg.input_size).to(images.device)
+    x = images.unsqueeze(1).float().div_(255.0)
+    x = F.grid_sample(x, grid.to(x.dtype), mode="bicubic", padding_mode="border",
+                      align_corners=False)
+    return normalize_gray(x.clamp_(0.0, 1.0))

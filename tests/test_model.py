@@ -1,0 +1,130 @@
+"""Model: real timm DINOv3 + open_clip text tower (shrunken), loss, weights from local files."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from chexdino.errors import WeightsError
+from chexdino.model import build_model, contrastive_loss
+
+
+def quiet_build(cfg, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return build_model(cfg, **kw)
+
+
+def test_full_size_architecture_matches_spec():
+    """ViT-B/16 DINOv3 gives a 768-d CLS feature, projected by one Linear to CLIP's 512."""
+    model = build_model({"vision": {"random_init": True}, "text": {"random_init": True}},
+                        load_weights=False)
+    assert model.visual.num_features == 768
+    assert model.visual.global_pool == "token"
+    assert isinstance(model.visual_proj, torch.nn.Linear)
+    assert (model.visual_proj.in_features, model.visual_proj.out_features) == (768, 512)
+    assert model.text.width == 512 and model.text.context_length == 77
+    assert model.text.text_projection.shape == (512, 512)
+    # OpenAI weights need QuickGELU in the text tower's MLP.
+    act = model.text.transformer.resblocks[0].mlp.gelu
+    assert type(act).__name__ == "QuickGELU"
+    assert math.isclose(model.logit_scale.exp().item(), 1 / 0.07, rel_tol=1e-6)
+
+
+def test_shapes_and_unit_norm(tiny_model_cfg):
+    model = quiet_build(tiny_model_cfg)
+    images = torch.randn(3, 3, 32, 48)
+    tokens = torch.randint(1, 1000, (3, 77))
+    img, txt, scale = model(images, tokens)
+    assert img.shape == (3, 32) and txt.shape == (3, 32)
+    assert torch.allclose(img.norm(dim=-1), torch.ones(3), atol=1e-5)
+    assert torch.allclose(txt.norm(dim=-1), torch.ones(3), atol=1e-5)
+    assert scale.item() == pytest.approx(1 / 0.07)
+
+
+def test_random_init_must_be_explicit(tiny_model_cfg):
+    tiny_model_cfg["vision"]["random_init"] = False
+    with pytest.raises(WeightsError, match="model.vision.weights is not set"):
+        build_model(tiny_model_cfg)
+
+
+def test_random_init_warns(tiny_model_cfg):
+    with pytest.warns(UserWarning, match="RANDOM INITIALISATION"):
+        build_model(tiny_model_cfg)
+
+
+def test_contrastive_loss_is_symmetric_infonce():
+    torch.manual_seed(0)
+    img = F.normalize(torch.randn(5, 8), dim=-1)
+    txt = F.normalize(torch.randn(5, 8), dim=-1)
+    scale = torch.tensor(10.0)
+    logits = (scale * img @ txt.t()).double()
+    i2t = -(logits.log_softmax(1).diag()).mean()
+    t2i = -(logits.t().log_softmax(1).diag()).mean()
+    assert contrastive_loss(img, txt, scale).item() == pytest.approx(((i2t + t2i) / 2).item(),
+                                                                     rel=1e-5)
+    # Matching pairs on the diagonal give a lower loss than shuffled pairs.
+    assert contrastive_loss(img, img, scale) < contrastive_loss(img, img.roll(1, 0), scale)
+
+
+def test_logit_scale_clamped_like_clip(tiny_model_cfg):
+    model = quiet_build(tiny_model_cfg)
+    with torch.no_grad():
+        model.logit_scale.fill_(10.0)
+    model.clamp_logit_scale()
+    assert model.logit_scale.exp().item() == pytest.approx(100.0)
+
+
+def test_vision_weights_from_safetensors_roundtrip(tiny_model_cfg, tmp_path):
+    source = quiet_build(tiny_model_cfg)
+    path = tmp_path / "vision.safetensors"
+    save_file({k: v.contiguous() for k, v in source.visual.state_dict().items()}, str(path))
+    tiny_model_cfg["vision"].update(weights=str(path), random_init=False)
+    loaded = quiet_build(tiny_model_cfg)
+    for key, value in source.visual.state_dict().items():
+        assert torch.equal(loaded.visual.state_dict()[key], value), key
+
+
+def test_text_weights_from_open_clip_checkpoint(tiny_model_cfg, tmp_path):
+    """An open_clip CLIP state dict (visual.* and text keys at top level) loads the text tower."""
+    source = quiet_build(tiny_model_cfg)
+    state = {k: v for k, v in source.text.state_dict().items()}
+    state["visual.proj"] = torch.zeros(3)  # the image half of a CLIP checkpoint is ignored
+    state["logit_scale"] = torch.tensor(4.6)
+    path = tmp_path / "open_clip.bin"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
+    tiny_model_cfg["text"].update(weights=str(path), random_init=False)
+    loaded = quiet_build(tiny_model_cfg)
+    tokens = torch.randint(1, 1000, (2, 77))
+    assert torch.equal(loaded.text(tokens), source.text(tokens))
+
+
+def test_missing_and_mismatched_weights_name_key_and_file(tiny_model_cfg, tmp_path):
+    tiny_model_cfg["text"].update(weights=str(tmp_path / "nope.pt"), random_init=False)
+    with pytest.raises(WeightsError, match=r"model.text.weights: weights file not found: .*nope"):
+        quiet_build(tiny_model_cfg)
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({"blocks.0.attn.qkv.weight": torch.zeros(3, 3)}, str(wrong))
+    tiny_model_cfg["text"].update(weights=None, random_init=True)
+    tiny_model_cfg["vision"].update(weights=str(wrong), random_init=False)
+    with pytest.raises(WeightsError, match=r"model.vision.weights: .*wrong.safetensors"):
+        quiet_build(tiny_model_cfg)
+
+
+def test_pickled_code_in_weights_is_refused(tiny_model_cfg, tmp_path):
+    """Weights load with weights_only=True: a pickle that would run code is rejected."""
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": Evil()}, path)
+    tiny_model_cfg["text"].update(weights=str(path), random_init=False)
+    with pytest.raises(WeightsError, match="evil.pt"):
+        quiet_build(tiny_model_cfg)

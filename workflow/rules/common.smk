@@ -1,0 +1,46 @@
+# Glue shared by all stages: config validation, result paths, small input functions.
+import json
+import shlex
+
+from snakemake.utils import validate
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+R = config["results"]
+
+
+scattergather:
+    images=config["images"]["shards"],
+
+
+wildcard_constraints:
+    dataset="mimic|chexpert_test",
+    evalset="mimic_test|chexpert_test",
+
+
+def as_json(value):
+    """A config section as one shell-quoted JSON argument for a chexdino subcommand."""
+    return shlex.quote(json.dumps(value, sort_keys=True))
+
+
+def eval_sets():
+    """MIMIC-CXR's test split always; the CheXpert test set when configured."""
+    sets = ["mimic_test"]
+    if config.get("chexpert_test"):
+        sets.append("chexpert_test")
+    return sets
+
+
+def eval_store(wildcards):
+    """The image store an evaluation set reads (MIMIC's test rows live in the MIMIC store)."""
+    dataset = "mimic" if wildcards.evalset == "mimic_test" else "chexpert_test"
+    return f"{R}/{dataset}/cxr.h5"
+
+
+def get_final_output():
+    return [
+        f"{R}/mimic/dataset_summary.json",
+        f"{R}/train/curves.png",
+        *expand(f"{R}/eval/{{evalset}}/summary.json", evalset=eval_sets()),
+    ]

@@ -1,0 +1,41 @@
+# Stage 5: zero-shot AUROC scorecard (GPU rule) on each evaluation set.
+
+
+rule evaluate:
+    input:
+        model=f"{R}/train/best.pt",
+        checkpoints=f"{R}/train/checkpoints.json",
+        cxr=eval_store,
+    output:
+        summary=f"{R}/eval/{{evalset}}/summary.json",
+        table=report(
+            f"{R}/eval/{{evalset}}/auroc.csv",
+            caption="../report/auroc.rst",
+            category="3. Zero-shot evaluation",
+            subcategory="{evalset}",
+        ),
+        roc=report(
+            f"{R}/eval/{{evalset}}/roc.png",
+            caption="../report/roc.rst",
+            category="3. Zero-shot evaluation",
+            subcategory="{evalset}",
+        ),
+        probabilities=f"{R}/eval/{{evalset}}/probabilities.csv",
+    params:
+        out_dir=f"{R}/eval/{{evalset}}",
+        evaluate=as_json(config["evaluate"]),
+        input_size=config["train"]["input_size"],
+        precision=config["train"]["precision"],
+        device=config["train"]["device"],
+        split=lambda wc: "test" if wc.evalset == "mimic_test" else "",
+    resources:
+        gpu=1,
+    log:
+        f"{R}/logs/evaluate/{{evalset}}.log",
+    conda:
+        "../envs/chexdino.yaml"
+    shell:
+        "chexdino evaluate --model {input.model} --checkpoints {input.checkpoints}"
+        " --cxr {input.cxr} --split '{params.split}' --evaluate {params.evaluate}"
+        " --input-size {params.input_size} --precision {params.precision}"
+        " --device {params.device} --out-dir {params.out_dir} > {log} 2>&1"

@@ -1,0 +1,33 @@
+# Stage 3: reports -> impressions -> CLIP BPE tokens (row-aligned with the image store).
+
+
+rule impressions:
+    input:
+        manifest=f"{R}/mimic/manifest.csv",
+    output:
+        impressions=f"{R}/mimic/impressions.csv",
+        rejects=f"{R}/mimic/report_rejects.csv",
+    log:
+        f"{R}/logs/impressions.log",
+    conda:
+        "../envs/chexdino.yaml"
+    shell:
+        "chexdino impressions --manifest {input.manifest} --out {output.impressions}"
+        " --rejects {output.rejects} > {log} 2>&1"
+
+
+rule tokens:
+    input:
+        cxr=f"{R}/mimic/cxr.h5",
+        impressions=f"{R}/mimic/impressions.csv",
+    output:
+        f"{R}/mimic/tokens.h5",
+    params:
+        context_length=config["reports"]["context_length"],
+    log:
+        f"{R}/logs/tokens.log",
+    conda:
+        "../envs/chexdino.yaml"
+    shell:
+        "chexdino tokens --cxr {input.cxr} --impressions {input.impressions}"
+        " --context-length {params.context_length} --out {output} > {log} 2>&1"

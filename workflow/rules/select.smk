@@ -1,0 +1,44 @@
+# Stage 1: choose images from the official tables (manifest + select rejects).
+
+
+rule select_mimic:
+    input:
+        split=config["mimic"]["split_csv"],
+        metadata=config["mimic"]["metadata_csv"],
+        chexpert=config["mimic"]["chexpert_csv"],
+    output:
+        manifest=f"{R}/mimic/manifest.csv",
+        rejects=f"{R}/mimic/select_rejects.csv",
+    params:
+        image_root=config["mimic"]["image_root"],
+        image_suffix=config["mimic"]["image_suffix"],
+        report_root=config["mimic"]["report_root"],
+        select=as_json(config["select"]),
+    log:
+        f"{R}/logs/select_mimic.log",
+    conda:
+        "../envs/chexdino.yaml"
+    shell:
+        "chexdino select-mimic --split {input.split} --metadata {input.metadata}"
+        " --chexpert {input.chexpert} --image-root {params.image_root}"
+        " --image-suffix {params.image_suffix} --report-root {params.report_root}"
+        " --select {params.select} --manifest {output.manifest} --rejects {output.rejects}"
+        " > {log} 2>&1"
+
+
+rule select_chexpert_test:
+    input:
+        groundtruth=config["chexpert_test"]["groundtruth_csv"] if config.get("chexpert_test") else [],
+    output:
+        manifest=f"{R}/chexpert_test/manifest.csv",
+        rejects=f"{R}/chexpert_test/select_rejects.csv",
+    params:
+        image_root=(config.get("chexpert_test") or {}).get("image_root", ""),
+    log:
+        f"{R}/logs/select_chexpert_test.log",
+    conda:
+        "../envs/chexdino.yaml"
+    shell:
+        "chexdino select-chexpert --groundtruth {input.groundtruth}"
+        " --image-root {params.image_root} --manifest {output.manifest}"
+        " --rejects {output.rejects} > {log} 2>&1"

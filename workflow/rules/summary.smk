@@ -1,0 +1,37 @@
+# Stage 6: the dataset accounting (input = kept + rejected) and the report's dataset page.
+
+
+rule dataset_summary:
+    input:
+        manifest=f"{R}/mimic/manifest.csv",
+        select_rejects=f"{R}/mimic/select_rejects.csv",
+        cxr=f"{R}/mimic/cxr.h5",
+        image_rejects=f"{R}/mimic/image_rejects.csv",
+        impressions=f"{R}/mimic/impressions.csv",
+        report_rejects=f"{R}/mimic/report_rejects.csv",
+        tokens=f"{R}/mimic/tokens.h5",
+    output:
+        summary=f"{R}/mimic/dataset_summary.json",
+        rejects=report(
+            f"{R}/mimic/rejects.csv",
+            caption="../report/rejects.rst",
+            category="1. Dataset",
+        ),
+        figure=report(
+            f"{R}/mimic/dataset_summary.png",
+            caption="../report/dataset.rst",
+            category="1. Dataset",
+        ),
+    params:
+        sample_images=config["report"]["sample_images"] if "report" in config else False,
+    log:
+        f"{R}/logs/dataset_summary.log",
+    conda:
+        "../envs/chexdino.yaml"
+    shell:
+        "chexdino summarize --manifest {input.manifest}"
+        " --select-rejects {input.select_rejects} --cxr {input.cxr}"
+        " --image-rejects {input.image_rejects} --impressions {input.impressions}"
+        " --report-rejects {input.report_rejects} --tokens {input.tokens}"
+        " --sample-images {params.sample_images} --out {output.summary}"
+        " --rejects {output.rejects} --figure {output.figure} > {log} 2>&1"

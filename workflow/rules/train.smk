@@ -1,0 +1,46 @@
+# Stage 4: contrastive training (GPU rule). Resumes from its checkpoints when rerun.
+
+
+rule train:
+    input:
+        cxr=f"{R}/mimic/cxr.h5",
+        tokens=f"{R}/mimic/tokens.h5",
+    output:
+        model=f"{R}/train/best.pt",
+        checkpoints=f"{R}/train/checkpoints.json",
+        metrics=f"{R}/train/metrics.csv",
+        validation=f"{R}/train/validation.csv",
+    params:
+        out_dir=f"{R}/train",
+        model=as_json(config["model"]),
+        train=as_json(config["train"]),
+        evaluate=as_json(config["evaluate"]),
+    resources:
+        gpu=1,
+    log:
+        f"{R}/logs/train.log",
+    conda:
+        "../envs/chexdino.yaml"
+    shell:
+        "chexdino train --cxr {input.cxr} --tokens {input.tokens} --out-dir {params.out_dir}"
+        " --model {params.model} --train {params.train} --evaluate {params.evaluate}"
+        " > {log} 2>&1"
+
+
+rule plot_training:
+    input:
+        metrics=f"{R}/train/metrics.csv",
+        validation=f"{R}/train/validation.csv",
+    output:
+        report(
+            f"{R}/train/curves.png",
+            caption="../report/training.rst",
+            category="2. Training",
+        ),
+    log:
+        f"{R}/logs/plot_training.log",
+    conda:
+        "../envs/chexdino.yaml"
+    shell:
+        "chexdino plot-training --metrics {input.metrics} --validation {input.validation}"
+        " --out {output} > {log} 2>&1"
