@@ -1,0 +1,167 @@
+"""Trainer on CPU with shrunken models: exact resume, signals, retention, NaN guard."""
+
+from __future__ import annotations
+
+import json
+import signal
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from chexdino import LABELS, h5store
+from chexdino.data import batch_indices
+from chexdino.tokens import _write_tokens, tokenize
+from chexdino.train import RESUME_EXIT_CODE, Trainer
+
+WORDS = ["cardiomegaly", "pleural effusion", "edema", "consolidation", "atelectasis"]
+
+
+@pytest.fixture
+def tiny_store(tmp_path):
+    """40 train + 16 validation 64x64 films whose bright square position matches the text."""
+    rng = np.random.default_rng(0)
+    n = 56
+    images = rng.integers(0, 60, size=(n, 64, 64), dtype=np.uint8)
+    kinds = rng.integers(0, len(WORDS), size=n)
+    for i, k in enumerate(kinds):
+        images[i, 10 * k:10 * k + 12, 10:50] = 230
+    meta = pd.DataFrame({
+        "dicom_id": [f"d{i}" for i in range(n)], "study_id": [f"s{i}" for i in range(n)],
+        "subject_id": [f"p{i}" for i in range(n)],
+        "split": ["train"] * 40 + ["validate"] * 16, "view": "PA",
+        "source_rows": 64, "source_cols": 64,
+    })
+    for j, lab in enumerate(LABELS):
+        meta[lab] = np.where(kinds == (j % 5), 1.0, 0.0) if lab in (
+            "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion") else np.nan
+    cxr = tmp_path / "cxr.h5"
+    h5store.write_store(cxr, images, meta, 64)
+    texts = [WORDS[k] for k in kinds]
+    tokens = tmp_path / "tokens.h5"
+    has_text = np.ones(n, dtype=bool)
+    has_text[5] = False  # a training row without text is never used
+    _write_tokens(tokens, tokenize(texts).numpy().astype(np.int32), has_text, meta["dicom_id"],
+                  pd.Series(["impression"] * n))
+    return cxr, tokens
+
+
+def train_cfg(**over):
+    cfg = {"steps": 8, "batch_size": 8, "optimizer": "sgd", "lr": 0.05, "momentum": 0.9,
+           "input_size": 32, "val_every": 4, "ckpt_every": 2, "log_every": 2, "keep_last": 1,
+           "keep_best": 1, "precision": "fp32", "device": "cpu", "data_on_device": "host",
+           "select_by": "val_auroc", "val_max_images": 16, "seed": 3}
+    cfg.update(over)
+    return cfg
+
+
+def make_trainer(store, out_dir, model_cfg, **over) -> Trainer:
+    cxr, tokens = store
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Trainer(cxr, tokens, out_dir, model_cfg, train_cfg(**over), {"bootstrap": 0})
+
+
+def final_weights(out_dir):
+    return torch.load(out_dir / "best.pt", weights_only=True)
+
+
+def last_state(trainer):
+    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_batch_order_is_a_pure_function_of_step():
+    a = [batch_indices(s, 50, 8, seed=1) for s in range(20)]
+    b = [batch_indices(s, 50, 8, seed=1) for s in range(20)]
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    epoch0 = np.concatenate(a[:6])
+    assert len(np.unique(epoch0)) == 48  # no repeats within an epoch (drop_last)
+    assert not np.array_equal(a[0], a[6])  # a new permutation each epoch
+    with pytest.raises(ValueError, match="larger than"):
+        batch_indices(0, 5, 8, seed=0)
+
+
+def test_resume_after_signal_equals_uninterrupted(tiny_store, tmp_path, tiny_model_cfg):
+    full = make_trainer(tiny_store, tmp_path / "full", tiny_model_cfg)
+    full.run()
+    reference = last_state(full)
+
+    interrupted = make_trainer(tiny_store, tmp_path / "cut", tiny_model_cfg)
+    original_step = interrupted.train_step
+
+    def step_then_signal(step):
+        loss = original_step(step)
+        if step == 2:  # SLURM's USR1 arrives during step 3 (0-based 2)
+            interrupted.stop._handle(signal.SIGUSR1, None)
+        return loss
+
+    interrupted.train_step = step_then_signal
+    with pytest.raises(SystemExit) as exit_info:
+        interrupted.run()
+    assert exit_info.value.code == RESUME_EXIT_CODE
+    saved = sorted(p.name for p in (tmp_path / "cut" / "checkpoints").glob("step_*.pt"))
+    assert saved[-1] == "step_0000003.pt"  # checkpointed right after the step it was in
+
+    resumed = make_trainer(tiny_store, tmp_path / "cut", tiny_model_cfg)
+    resumed.run()
+    assert resumed.step == 8
+    for key, value in reference.items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
+    # The resumed run's logged history matches too.
+    full_val = pd.read_csv(tmp_path / "full" / "validation.csv")
+    cut_val = pd.read_csv(tmp_path / "cut" / "validation.csv")
+    pd.testing.assert_frame_equal(full_val.drop(columns="seconds"),
+                                  cut_val.drop(columns="seconds"))
+
+
+def test_retention_and_best_checkpoint(tiny_store, tmp_path, tiny_model_cfg):
+    trainer = make_trainer(tiny_store, tmp_path / "run", tiny_model_cfg, keep_last=1,
+                           keep_best=1)
+    result = trainer.run()
+    ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step_*.pt"))
+    info = json.loads((tmp_path / "run" / "checkpoints.json").read_text())
+    val = pd.read_csv(tmp_path / "run" / "validation.csv")
+    assert list(val["step"]) == [4, 8]
+    best_step = int(val.loc[val["val_auroc"].idxmax(), "step"])
+    assert result["best_step"] == best_step
+    assert final_weights(tmp_path / "run")["step"] == best_step
+    # last (step 8) + best of the validated ones; steps 2 and 6 are gone
+    assert "step_0000008.pt" in ckpts and f"step_{best_step:07d}.pt" in ckpts
+    assert len(ckpts) <= 2
+    assert info["ranked"][0]["step"] == best_step
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert list(metrics["step"]) == [2, 4, 6, 8]
+    assert (metrics["temperature"] > 0).all() and (metrics["img_per_s"] > 0).all()
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_store, tmp_path,
+                                                              tiny_model_cfg):
+    trainer = make_trainer(tiny_store, tmp_path / "nan", tiny_model_cfg)
+    original_step = trainer.train_step
+
+    def poisoned(step):
+        loss = original_step(step)
+        return loss * float("nan") if step >= 4 else loss
+
+    trainer.train_step = poisoned
+    with pytest.raises(FloatingPointError, match="non-finite loss at step 5"):
+        trainer.run()
+    ckpts = sorted(p.name for p in (tmp_path / "nan" / "checkpoints").glob("step_*.pt"))
+    assert ckpts[-1] == "step_0000004.pt"
+
+
+def test_corrupt_last_checkpoint_falls_back_to_previous(tiny_store, tmp_path, tiny_model_cfg):
+    trainer = make_trainer(tiny_store, tmp_path / "c", tiny_model_cfg, steps=4, keep_last=3)
+    trainer.run()
+    ckpt_dir = tmp_path / "c" / "checkpoints"
+    (ckpt_dir / "step_0000004.pt").write_bytes(b"truncated")
+    again = make_trainer(tiny_store, tmp_path / "c", tiny_model_cfg, steps=4, keep_last=3)
+    again.resume()
+    assert again.step == 2
+
+
+def test_batch_larger_than_training_rows_is_a_clear_error(tiny_store, tmp_path, tiny_model_cfg):
+    with pytest.raises(ValueError, match="batch_size 64 is larger than the 39 training rows"):
+        make_trainer(tiny_store, tmp_path / "x", tiny_model_cfg, batch_size=64)
