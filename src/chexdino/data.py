@@ -7,6 +7,7 @@ uninterrupted run would, without saving sampler state.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import h5py
@@ -22,9 +23,16 @@ def batch_indices(step: int, n_rows: int, batch_size: int, seed: int) -> np.ndar
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size {batch_size} is larger than the {n_rows} training rows")
     epoch, position = divmod(step, steps_per_epoch)
-    rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(n_rows)
+    order = epoch_order(seed, epoch, n_rows)
     return order[position * batch_size:(position + 1) * batch_size]
+
+
+@lru_cache(maxsize=2)
+def epoch_order(seed: int, epoch: int, n_rows: int) -> np.ndarray:
+    """The seeded permutation of one epoch (cached: it is drawn once, not once per step)."""
+    order = np.random.default_rng([seed, epoch]).permutation(n_rows)
+    order.flags.writeable = False
+    return order
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:

@@ -130,7 +130,7 @@ def evaluate_store(
     table = zeroshot.auroc_table(prob, targets, labels, eval_cfg.get("bootstrap", 1000),
                                  eval_cfg.get("seed", 0))
     summary = zeroshot.headline(table, [c for c in COMPETITION_LABELS if c in labels])
-    summary.update({"n_images": int(len(rows)), "checkpoints": [str(p) for p in checkpoints]})
+    summary.update({"n_images": len(rows), "checkpoints": [str(p) for p in checkpoints]})
     ids = meta.loc[rows, ["dicom_id", "study_id", "subject_id"]].reset_index(drop=True)
     zeroshot.write_scorecard(Path(out_dir), ids, prob, targets, labels, table, summary)
     print(zeroshot.format_table(table, summary))

@@ -166,14 +166,14 @@ def read_state_dict(path: Path, key: str) -> dict[str, torch.Tensor]:
 
         try:
             return load_file(str(path))
-        except Exception as exc:  # noqa: BLE001 - rewrap with the file name
+        except Exception as exc:  # rewrap with the file name
             raise WeightsError(f"{key}: cannot read safetensors file {path}: {exc}") from exc
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - maybe TorchScript (OpenAI's CLIP .pt)
+    except Exception as exc:  # maybe TorchScript (OpenAI's CLIP .pt)
         try:
             obj = torch.jit.load(str(path), map_location="cpu").state_dict()
-        except Exception:  # noqa: BLE001
+        except Exception:
             raise WeightsError(
                 f"{key}: {path} is neither a weights-only torch checkpoint nor TorchScript: {exc}"
             ) from exc

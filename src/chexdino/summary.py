@@ -1,4 +1,4 @@
-"""Dataset accounting: every input record is kept or rejected with a reason, and the counts add up."""
+"""Dataset accounting: every input record is kept or rejected with a reason; counts add up."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from chexdino import COMPETITION_LABELS, h5store  # noqa: E402
-from chexdino.tokens import read_tokens  # noqa: E402
+from chexdino import COMPETITION_LABELS, h5store
+from chexdino.tokens import read_tokens
 
 REJECT_COLUMNS = ["dicom_id", "study_id", "subject_id", "split", "stage", "reason"]
 

@@ -83,10 +83,10 @@ def sample_crop_boxes(
     return torch.stack([top, left, h_sel, w_sel], dim=1)
 
 
-def crop_flip_grid(
-    boxes: torch.Tensor, flip: torch.Tensor, height: int, width: int, size: int
+def crop_flip_theta(
+    boxes: torch.Tensor, flip: torch.Tensor, height: int, width: int
 ) -> torch.Tensor:
-    """Affine sampling grid mapping each output pixel into its (possibly mirrored) crop box."""
+    """(B, 2, 3) affine maps from output pixels into each (possibly mirrored) crop box."""
     top, left, h, w = boxes.unbind(1)
     # Normalised coordinates (align_corners=False): pixel edges at -1 and 1.
     cx = (left + w / 2) / width * 2 - 1
@@ -94,8 +94,7 @@ def crop_flip_grid(
     sx = w / width * torch.where(flip, -1.0, 1.0)
     sy = h / height
     zero = torch.zeros_like(sx)
-    theta = torch.stack([torch.stack([sx, zero, cx], 1), torch.stack([zero, sy, cy], 1)], 1)
-    return F.affine_grid(theta, [boxes.shape[0], 1, size, size], align_corners=False)
+    return torch.stack([torch.stack([sx, zero, cx], 1), torch.stack([zero, sy, cy], 1)], 1)
 
 
 def train_transform(
@@ -109,8 +108,10 @@ def train_transform(
     batch, height, width = images.shape
     boxes = sample_crop_boxes(batch, height, width, cfg, generator)
     flip = torch.rand(batch, generator=generator) < cfg.hflip
-    grid = crop_flip_grid(boxes, flip, height, width, cfg.input_size).to(images.device)
+    # Only the (B, 2, 3) parameters cross to the device; the grid is built there.
+    theta = crop_flip_theta(boxes, flip, height, width).to(images.device, non_blocking=True)
+    grid = F.affine_grid(theta, [batch, 1, cfg.input_size, cfg.input_size],
+                         align_corners=False)
     x = images.unsqueeze(1).float().div_(255.0)
-    x = F.grid_sample(x, grid.to(x.dtype), mode="bicubic", padding_mode="border",
-                      align_corners=False)
+    x = F.grid_sample(x, grid, mode="bicubic", padding_mode="border", align_corners=False)
     return normalize_gray(x.clamp_(0.0, 1.0))
