@@ -120,6 +120,33 @@ def chexdino_variant(cxr: Path, tokens: Path, out_dir: Path, warmup: int, steps:
             "gpu_mem_gb": torch.cuda.max_memory_allocated() / 2**30}
 
 
+def profile_steps(cxr: Path, tokens: Path, out_dir: Path, warmup: int, steps: int,
+                  **train_over) -> str:
+    """Kernel table (CUDA time) of ``steps`` Trainer steps after warm-up: where time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from chexdino.train import Trainer
+
+    train_cfg = {"steps": 10**6, "batch_size": 64, "data_on_device": "gpu",
+                 "precision": "bf16", **train_over}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = Trainer(cxr, tokens, out_dir, FULL_MODEL, train_cfg, {"bootstrap": 0})
+    for step in range(warmup):
+        trainer.train_step(step)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        for step in range(warmup, warmup + steps):
+            trainer.train_step(step)
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - t0) / steps
+    events = prof.key_averages()
+    gpu_total = sum(e.self_device_time_total for e in events) / 1e3 / steps
+    table = events.table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=70)
+    return f"wall {wall * 1e3:.1f} ms/step, GPU busy {gpu_total:.1f} ms/step\n{table}"
+
+
 def long_run(cxr: Path, tokens: Path, out_dir: Path, steps: int, **train_over) -> dict:
     """A full Trainer.run() of ``steps`` steps (validation and checkpoints every 500)."""
     from chexdino.plots import plot_training_curves
@@ -148,6 +175,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--variants", default="seed,eager,compile,reduce-overhead")
     p.add_argument("--long-run", type=int, default=0)
+    p.add_argument("--profile", action="store_true")
     p.add_argument("--long-run-lr", type=float, default=1e-4)
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -166,6 +194,11 @@ def main() -> None:
             rows[name] = chexdino_variant(cxr, tokens, args.work / name, args.warmup,
                                           args.steps, **variants[name])
         print(name, json.dumps(rows[name]), flush=True)
+    if args.profile:
+        report = profile_steps(cxr, tokens, args.work / "profile", args.warmup, 20,
+                               compile=True, compile_mode="reduce-overhead")
+        (args.out / "profile.txt").write_text(report)
+        print(report[:6000])
     info = {"card": torch.cuda.get_device_name(), "torch": torch.__version__,
             "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"),
             "rows": rows}

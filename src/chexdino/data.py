@@ -30,9 +30,7 @@ def batch_indices(step: int, n_rows: int, batch_size: int, seed: int) -> np.ndar
 @lru_cache(maxsize=2)
 def epoch_order(seed: int, epoch: int, n_rows: int) -> np.ndarray:
     """The seeded permutation of one epoch (cached: it is drawn once, not once per step)."""
-    order = np.random.default_rng([seed, epoch]).permutation(n_rows)
-    order.flags.writeable = False
-    return order
+    return np.random.default_rng([seed, epoch]).permutation(n_rows)
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:

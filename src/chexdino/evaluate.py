@@ -44,7 +44,9 @@ def embed_images(
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
-        chunk = torch.as_tensor(np.asarray(images[start:start + batch_size]))
+        chunk = images[start:start + batch_size]
+        if not isinstance(chunk, torch.Tensor):
+            chunk = torch.from_numpy(np.ascontiguousarray(chunk))
         x = eval_transform(chunk.to(device, non_blocking=True), input_size)
         with autocast(device, precision):
             out.append(model.encode_image(x).float())

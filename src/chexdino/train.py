@@ -26,7 +26,7 @@ from chexdino.data import ImageBank, batch_indices, step_generator
 from chexdino.evaluate import autocast, embed_images, pick_device, validation_auroc
 from chexdino.model import ChexDino, ModelConfig, build_model, contrastive_loss
 from chexdino.tokens import read_tokens
-from chexdino.transforms import AugmentConfig, eval_transform, train_transform
+from chexdino.transforms import AugmentConfig, apply_augment, augment_params
 
 log = logging.getLogger(__name__)
 
@@ -166,9 +166,14 @@ class Trainer:
 
     # ---- one optimisation step -------------------------------------------------------
     def _make_step_fn(self):
-        def forward_loss(images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        size = self.cfg.input_size
+
+        def forward_loss(images: torch.Tensor, theta: torch.Tensor,
+                         tokens: torch.Tensor) -> torch.Tensor:
+            """Augment (uint8 in, so CUDA graphs copy 1 byte per pixel), encode, score."""
+            x = apply_augment(images, theta, size)
             with autocast(self.device, self.cfg.precision):
-                img, txt, scale = self.model(images, tokens)
+                img, txt, scale = self.model(x, tokens)
             return contrastive_loss(img, txt, scale)
 
         if not self.cfg.compile:
@@ -179,12 +184,12 @@ class Trainer:
         """One step at ``step``: batch, augmentation and lr are all functions of the step."""
         positions = batch_indices(step, len(self.train.bank), self.cfg.batch_size, self.cfg.seed)
         images = self.train.bank.batch(positions)
-        x = train_transform(images, self.cfg.augment, step_generator(self.cfg.seed, step))
+        theta = augment_params(len(positions), *images.shape[1:], self.cfg.augment,
+                               step_generator(self.cfg.seed, step))
         tokens = self.train.tokens[torch.from_numpy(positions).to(self.device)]
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.cfg, step)
-        self.model.train()
-        loss = self.step_fn(x, tokens)
+        loss = self.step_fn(images, theta.to(self.device, non_blocking=True), tokens)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -196,6 +201,7 @@ class Trainer:
         """Train to ``cfg.steps`` (resuming if a checkpoint exists); returns the final summary."""
         self.resume()
         self.stop.install()
+        self.model.train()
         window: list[torch.Tensor] = []
         tick, tick_step = time.perf_counter(), self.step
         while self.step < self.cfg.steps:
@@ -241,23 +247,21 @@ class Trainer:
     def validate(self) -> dict[str, Any]:
         """Contrastive loss on the validation split, plus zero-shot AUROC when it has labels."""
         started = time.perf_counter()
-        self.model.eval()
         n, bs = len(self.val.bank), self.cfg.batch_size
-        losses = []
-        for start in range(0, n - bs + 1, bs):
-            positions = np.arange(start, start + bs)
-            x = eval_transform(self.val.bank.batch(positions), self.cfg.input_size)
-            with autocast(self.device, self.cfg.precision):
-                img, txt, scale = self.model(x, self.val.tokens[start:start + bs])
-            losses.append(contrastive_loss(img, txt, scale).item())
-        val_loss = float(np.mean(losses)) if losses else float("nan")
-        val_auroc = float("nan")
+        val_loss = val_auroc = float("nan")
         if n:
-            images = self.val.bank.batch(np.arange(n))
-            emb = embed_images(self.model, images, self.cfg.input_size, self.device,
-                               256, self.cfg.precision)
-            val_auroc = validation_auroc(self.model, emb, self.val.labels, self.eval_cfg,
+            # Image embeddings are computed once and serve both the loss and the AUROC.
+            img = embed_images(self.model, self.val.bank.batch(np.arange(n)),
+                               self.cfg.input_size, self.device, 256, self.cfg.precision)
+            txt = torch.cat([self._embed_tokens(self.val.tokens[s:s + 256])
+                             for s in range(0, n, 256)])
+            scale = self.model.logit_scale.exp().float()
+            losses = [contrastive_loss(img[s:s + bs], txt[s:s + bs], scale)
+                      for s in range(0, n - bs + 1, bs)]
+            val_loss = torch.stack(losses).mean().item() if losses else float("nan")
+            val_auroc = validation_auroc(self.model, img, self.val.labels, self.eval_cfg,
                                          self.device, self.cfg.precision)
+        self.model.train()
         row = {"step": self.step, "val_loss": val_loss, "val_auroc": val_auroc,
                "seconds": time.perf_counter() - started}
         self.val_rows.append(row)
@@ -266,6 +270,10 @@ class Trainer:
         if self._is_best(row):
             self._atomic_save(self._weights_payload(row), self.ckpt_dir / "best.pt")
         return row
+
+    def _embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device, self.cfg.precision):
+            return self.model.encode_text(tokens).float()
 
     def _metric(self, row: dict[str, Any]) -> float:
         value = row.get(self.cfg.select_by, float("nan"))

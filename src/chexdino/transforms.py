@@ -97,21 +97,33 @@ def crop_flip_theta(
     return torch.stack([torch.stack([sx, zero, cx], 1), torch.stack([zero, sy, cy], 1)], 1)
 
 
+def augment_params(
+    batch: int, height: int, width: int, cfg: AugmentConfig, generator: torch.Generator
+) -> torch.Tensor:
+    """(B, 2, 3) crop-and-flip maps for one batch, drawn on the CPU from ``generator``."""
+    boxes = sample_crop_boxes(batch, height, width, cfg, generator)
+    flip = torch.rand(batch, generator=generator) < cfg.hflip
+    return crop_flip_theta(boxes, flip, height, width)
+
+
+def apply_augment(images: torch.Tensor, theta: torch.Tensor, input_size: int) -> torch.Tensor:
+    """uint8 (B, H, W) + maps (B, 2, 3) on one device -> normalised float (B, 3, S, S)."""
+    grid = F.affine_grid(theta, [images.shape[0], 1, input_size, input_size],
+                         align_corners=False)
+    x = images.unsqueeze(1).float().div(255.0)
+    x = F.grid_sample(x, grid, mode="bicubic", padding_mode="border", align_corners=False)
+    return normalize_gray(x.clamp(0.0, 1.0))
+
+
 def train_transform(
     images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator
 ) -> torch.Tensor:
     """uint8 (B, H, W) on any device -> augmented, normalised float (B, 3, S, S).
 
     Random parameters come from ``generator`` (a CPU generator seeded per step), so a resumed
-    run draws exactly the same crops and flips as an uninterrupted one.
+    run draws exactly the same crops and flips as an uninterrupted one. Only the (B, 2, 3)
+    parameters cross to the device; the sampling grid is built there.
     """
     batch, height, width = images.shape
-    boxes = sample_crop_boxes(batch, height, width, cfg, generator)
-    flip = torch.rand(batch, generator=generator) < cfg.hflip
-    # Only the (B, 2, 3) parameters cross to the device; the grid is built there.
-    theta = crop_flip_theta(boxes, flip, height, width).to(images.device, non_blocking=True)
-    grid = F.affine_grid(theta, [batch, 1, cfg.input_size, cfg.input_size],
-                         align_corners=False)
-    x = images.unsqueeze(1).float().div_(255.0)
-    x = F.grid_sample(x, grid, mode="bicubic", padding_mode="border", align_corners=False)
-    return normalize_gray(x.clamp_(0.0, 1.0))
+    theta = augment_params(batch, height, width, cfg, generator)
+    return apply_augment(images, theta.to(images.device, non_blocking=True), cfg.input_size)

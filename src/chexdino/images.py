@@ -1,0 +1,228 @@
+"""Stage 2, images -> HDF5: decode each film, resize and pad it as CheXzero did, store a shard.
+
+CheXzero's stored images are the reference geometry: scale so the long side is ``size``
+(``int()`` truncation included), LANCZOS, paste centred on a black ``size x size`` canvas.
+JPGs are decoded with Pillow's JPEG draft mode, which lets libjpeg do most of the
+downscaling inside the IDCT (measured here: 31 vs 96-111 ms per 3056x2544 film).
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import sys
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from itertools import repeat
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from chexdino import LABELS
+from chexdino.dicom import read_dicom
+from chexdino.errors import ImageReadError
+from chexdino.h5store import ID_COLUMNS, REJECT_COLUMNS, write_rejects, write_store
+
+DICOM_SUFFIXES = (".dcm",)
+PILLOW_SUFFIXES = (".jpg", ".jpeg", ".png")
+MANIFEST_COLUMNS: tuple[str, ...] = (*ID_COLUMNS, "image_path", *LABELS)
+PoolKind = Literal["process", "thread"]
+POOL: PoolKind = "process"
+"""Pool used when ``threads > 1``; process_shard's docstring gives the timing behind it."""
+
+Decoded = tuple[np.ndarray | None, tuple[int, int] | None, str | None]
+"""(image, source (rows, cols), None) for a kept film, or (None, None, reason) for a reject."""
+
+
+def read_jpg(path: Path, size: int = 320) -> np.ndarray:
+    """Greyscale pixels of a JPG/PNG. JPEGs decode at reduced scale (long side >= size),
+    enough for :func:`resize_and_pad`; PNGs decode at full size."""
+    return _read_with_pillow(Path(path), size)[0]
+
+
+def read_image(path: Path, size: int = 320) -> np.ndarray:
+    """Decode a .dcm, .jpg/.jpeg or .png film to a 2-D uint8 array (bright = dense)."""
+    return _decode(Path(path), size)[0]
+
+
+def resize_and_pad(image: np.ndarray, size: int = 320) -> np.ndarray:
+    """CheXzero's stored-image geometry: long side to ``size``, centred on black, uint8.
+
+    Same arithmetic as CheXzero's ``preprocess``: ``ratio = size / max(w, h)``,
+    ``new = int(w * ratio), int(h * ratio)`` (so a long side can come out at size - 1
+    through float rounding), paste at ``((size - new_w) // 2, (size - new_h) // 2)``.
+    """
+    if image.ndim != 2 or image.size == 0:
+        raise ValueError(f"expected a non-empty 2-D greyscale image, got shape {image.shape}")
+    picture = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), mode="L")
+    width, height = picture.size
+    ratio = float(size) / max(width, height)
+    new_size = (max(1, int(width * ratio)), max(1, int(height * ratio)))  # >= 1: thin strips
+    picture = picture.resize(new_size, Image.Resampling.LANCZOS)
+    canvas = Image.new("L", (size, size))
+    canvas.paste(picture, ((size - new_size[0]) // 2, (size - new_size[1]) // 2))
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+def load_cxr(path: Path, size: int = 320) -> tuple[np.ndarray, tuple[int, int]]:
+    """The stored (size, size) image of a film and the film's own (rows, cols)."""
+    image, source_shape = _decode(Path(path), size)
+    return resize_and_pad(image, size), source_shape
+
+
+def process_shard(
+    manifest: pd.DataFrame,
+    out_h5: Path,
+    rejects_csv: Path,
+    size: int = 320,
+    threads: int = 1,
+    pool: PoolKind = POOL,
+) -> dict[str, int]:
+    """Decode one shard's films into an image store plus a reject table.
+
+    Every manifest row lands in exactly one of the two; kept rows keep manifest order.
+    ``threads > 1`` decodes in a pool of that many workers, processes by default.
+    Measured on 2 cores, ms per MIMIC-sized film (inline / 2 threads / 2 processes):
+    native 16-bit DICOM 79 / 36 / 43, JPG 29 / 16 / 18, JPEG 2000 1329 / 1448 / 1076.
+    Threads win slightly where numpy and Pillow release the GIL, but the JPEG 2000 decoder
+    (pylibjpeg-openjpeg) holds it, so threads cannot speed that up at all; processes
+    scale for every codec. Returns ``{"input", "kept", "rejected"}`` counts.
+    """
+    _check_manifest(manifest)
+    manifest = manifest.reset_index(drop=True)
+    n = len(manifest)
+    images = np.empty((n, size, size), dtype=np.uint8)
+    source_shapes = np.empty((n, 2), dtype=np.int32)
+    kept = np.zeros(n, dtype=bool)
+    reasons: list[str] = []
+    n_kept = 0  # kept films fill images[] front to back, in manifest order
+    paths = [str(p) for p in manifest["image_path"]]
+    results = _decode_in_order(paths, size, threads, pool)
+    for row, (image, shape, reason) in enumerate(_progress(results, n, Path(out_h5).name)):
+        if reason is None:
+            images[n_kept], source_shapes[n_kept] = image, shape
+            kept[row] = True
+            n_kept += 1
+        else:
+            reasons.append(reason)
+    meta = _kept_meta(manifest[kept], source_shapes[:n_kept])
+    rejects = manifest.loc[~kept, list(REJECT_COLUMNS[:-1])].assign(reason=reasons)
+    write_store(Path(out_h5), images[:n_kept], meta, size)
+    write_rejects(rejects, Path(rejects_csv))
+    return {"input": n, "kept": n_kept, "rejected": n - n_kept}
+
+
+def _decode(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Dispatch on the suffix; returns the decoded picture and the film's (rows, cols)."""
+    suffix = path.suffix.lower()
+    if suffix not in DICOM_SUFFIXES + PILLOW_SUFFIXES:
+        raise ImageReadError(
+            path, f"unsupported file type '{path.suffix}' (expected .dcm, .jpg, .jpeg, .png)"
+        )
+    if not path.is_file():
+        raise ImageReadError(path, "file not found")
+    if suffix in DICOM_SUFFIXES:
+        image = read_dicom(path)
+        return image, (int(image.shape[0]), int(image.shape[1]))
+    return _read_with_pillow(path, size)
+
+
+def _read_with_pillow(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Greyscale pixels (JPEG at draft scale) and the file's full (rows, cols)."""
+    try:
+        with Image.open(path) as picture:
+            width, height = picture.size
+            picture.draft("L", _draft_request(width, height, size))  # no-op unless JPEG
+            pixels = _greyscale_pixels(picture)
+    except FileNotFoundError as exc:
+        raise ImageReadError(path, "file not found") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageReadError(path, "not an image file Pillow can read") from exc
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        first_line = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        raise ImageReadError(path, f"truncated or corrupt image: {first_line}") from exc
+    if pixels.min() == pixels.max():
+        raise ImageReadError(path, f"blank image: every pixel has the value {pixels.flat[0]}")
+    return pixels, (height, width)
+
+
+def _draft_request(width: int, height: int, size: int) -> tuple[int, int]:
+    """The smallest (w, h) that still holds the final resize, keeping the aspect ratio.
+
+    Pillow reduces by the largest power of two <= min(w // req_w, h // req_h). Asking for
+    (size, size) would let the *short* side decide, so a portrait film would decode at a
+    larger scale than the long-side-to-``size`` resize needs.
+    """
+    ratio = size / max(width, height)
+    return max(1, math.ceil(width * ratio)), max(1, math.ceil(height * ratio))
+
+
+def _greyscale_pixels(picture: Image.Image) -> np.ndarray:
+    """uint8 greyscale; 16-bit and float greyscale PNGs are min-max scaled, not clipped."""
+    if picture.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        values = np.asarray(picture, dtype=np.float32)
+        low, high = float(values.min()), float(values.max())
+        scaled = (values - low) * (255.0 / max(high - low, 1e-12))
+        return np.rint(scaled).astype(np.uint8)
+    return np.asarray(picture.convert("L"), dtype=np.uint8)
+
+
+def _decode_one(path: str, size: int) -> Decoded:
+    """Worker: one film to its stored image, or to the reason it was rejected."""
+    try:
+        image, source_shape = load_cxr(Path(path), size)
+    except ImageReadError as exc:
+        return None, None, exc.reason
+    return image, source_shape, None
+
+
+def _decode_in_order(
+    paths: list[str], size: int, workers: int, pool: PoolKind = POOL
+) -> Iterator[Decoded]:
+    """Decode in manifest order, inline for one worker, else in a pool of ``workers``."""
+    if workers <= 1 or len(paths) <= 1:
+        yield from map(_decode_one, paths, repeat(size))
+        return
+    executor = _make_pool(pool, workers)
+    try:
+        chunks = {"chunksize": 4} if pool == "process" else {}
+        yield from executor.map(_decode_one, paths, repeat(size), **chunks)
+    finally:  # on an error downstream, drop the queued films instead of decoding them all
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _make_pool(pool: PoolKind, workers: int) -> Executor:
+    """Worker processes come from a forkserver that has imported this module once.
+
+    Forking the caller directly is unsafe once it runs threads (tqdm's monitor, h5py),
+    and a spawned worker would pay ~0.7 s of imports each.
+    """
+    if pool == "thread":
+        return ThreadPoolExecutor(max_workers=workers)
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context)
+
+
+def _progress(results: Iterable[Decoded], total: int, label: str) -> Iterable[Decoded]:
+    """A tqdm bar; in a non-interactive log it updates every 30 s instead of flooding it."""
+    interval = 0.1 if sys.stderr.isatty() else 30.0
+    return tqdm(results, total=total, desc=f"decode {label}", unit="img", mininterval=interval)
+
+
+def _check_manifest(manifest: pd.DataFrame) -> None:
+    missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
+    if missing:
+        raise ValueError(f"image manifest lacks columns {missing}")
+
+
+def _kept_meta(kept_rows: pd.DataFrame, source_shapes: np.ndarray) -> pd.DataFrame:
+    """The store's row metadata: ids, the films' own shapes, the labels as floats."""
+    meta = kept_rows.loc[:, [*ID_COLUMNS, *LABELS]].reset_index(drop=True)
+    meta["source_rows"] = source_shapes[:, 0]
+    meta["source_cols"] = source_shapes[:, 1]
+    return meta

@@ -1,0 +1,317 @@
+"""read_dicom on real files from pydicom's corpus (pydicom + pydicom-data) and on files
+written here with pydicom. Expected pictures are computed independently of chexdino."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import UID, ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
+
+from chexdino.dicom import read_dicom
+from chexdino.errors import ImageReadError
+
+DX_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+
+
+def corpus(name: str) -> str:
+    """A file of pydicom's test corpus; the singular getter never touches the network."""
+    path = get_testdata_file(name)
+    assert path is not None, f"{name} missing from pydicom / pydicom-data"
+    return str(path)
+
+
+def stored_pixels(name: str) -> np.ndarray:
+    return dcmread(corpus(name)).pixel_array.astype(np.float64)
+
+
+def write_dicom(
+    path: Path,
+    pixels: np.ndarray,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int | None = None,
+    syntax: UID = ExplicitVRLittleEndian,
+    pixel_data: bytes | None = None,
+    **attributes: object,
+) -> Path:
+    """A minimal single-frame DX file; ``pixel_data`` overrides the native pixel bytes."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = DX_SOP_CLASS
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = syntax
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = DX_SOP_CLASS
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = pixels.dtype.itemsize * 8
+    ds.BitsStored = bits_stored or ds.BitsAllocated
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = int(pixels.dtype.kind == "i")
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    ds.PixelData = pixel_data if pixel_data is not None else pixels.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def smooth_picture(rows: int = 96, cols: int = 80, top: int = 4095) -> np.ndarray:
+    """A 12-bit test picture with structure in both directions (uint16)."""
+    y, x = np.mgrid[0:rows, 0:cols]
+    picture = 0.5 + 0.45 * np.sin(x / 9.0) * np.cos(y / 13.0)
+    return np.rint(picture * top).astype(np.uint16)
+
+
+def min_max_uint8(values: np.ndarray) -> np.ndarray:
+    scaled = (values - values.min()) / (values.max() - values.min())
+    return np.rint(scaled * 255)
+
+
+def linear_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
+    """DICOM PS3.3 C.11.2.1.2.1 LINEAR window, written out, scaled to 0..255."""
+    fraction = (values - (center - 0.5)) / (width - 1) + 0.5
+    return np.rint(np.clip(fraction, 0, 1) * 255)
+
+
+# --- real films from the corpus -------------------------------------------------------
+
+
+def test_monochrome1_chest_film_shows_dark_lungs_and_bright_mediastinum():
+    # RG1_UNCR: a real CR chest PA, MONOCHROME1 (air is stored bright), 15-bit, windowed.
+    image = read_dicom(corpus("RG1_UNCR.dcm"))
+    raw = stored_pixels("RG1_UNCR.dcm")
+
+    def lungs_and_mediastinum(a: np.ndarray) -> tuple[float, float, float]:
+        rows, cols = a.shape
+        band = slice(int(0.2 * rows), int(0.55 * rows))
+
+        def mean(x0: float, x1: float) -> float:
+            return float(a[band, int(x0 * cols) : int(x1 * cols)].mean())
+
+        return mean(0.20, 0.35), mean(0.45, 0.55), mean(0.62, 0.78)
+
+    right_lung, mediastinum, left_lung = lungs_and_mediastinum(image.astype(np.float64))
+    assert image.dtype == np.uint8 and image.shape == raw.shape == (1955, 1841)
+    assert mediastinum > right_lung + 40 and mediastinum > left_lung + 40
+    # the stored values run the other way, so this fails if MONOCHROME1 were not inverted
+    raw_right, raw_mediastinum, raw_left = lungs_and_mediastinum(raw)
+    assert raw_mediastinum < raw_right and raw_mediastinum < raw_left
+
+
+@pytest.mark.parametrize(
+    ("compressed", "uncompressed"),
+    [
+        ("RG1_J2KR.dcm", "RG1_UNCR.dcm"),  # JPEG 2000 lossless, 15-bit CR chest
+        ("RG1_J2KI.dcm", "RG1_UNCI.dcm"),  # JPEG 2000 lossy vs its decoded twin
+        ("693_J2KR.dcm", "693_UNCR.dcm"),  # JPEG 2000 lossless, signed CT with rescale
+        ("MR2_J2KR.dcm", "MR2_UNCR.dcm"),  # JPEG 2000 lossless, fractional rescale slope
+        ("JPEG2000.dcm", "JPEG2000_UNC.dcm"),  # JPEG 2000, signed 16-bit, no window
+        ("MR_small_RLE.dcm", "MR_small.dcm"),  # RLE lossless
+        ("MR_small_jpeg_ls_lossless.dcm", "MR_small.dcm"),  # JPEG-LS lossless
+        ("MR_small_jp2klossless.dcm", "MR_small.dcm"),
+        ("MR_small_bigendian.dcm", "MR_small.dcm"),  # explicit VR big endian
+    ],
+)
+def test_compressed_file_decodes_to_the_same_picture_as_its_uncompressed_twin(
+    compressed: str, uncompressed: str
+):
+    image = read_dicom(corpus(compressed))
+    twin = read_dicom(corpus(uncompressed))
+    assert image.dtype == np.uint8
+    assert image.std() > 10  # a real picture, not a flat frame
+    np.testing.assert_array_equal(image, twin)
+
+
+def test_jpeg_extended_12bit_lossy_matches_its_lossless_twin_closely():
+    lossy = read_dicom(corpus("JPGExtended.dcm")).astype(np.float64)
+    lossless = read_dicom(corpus("JPEG-LL.dcm")).astype(np.float64)
+    assert np.abs(lossy - lossless).mean() < 4
+    assert np.corrcoef(lossy.ravel(), lossless.ravel())[0, 1] > 0.98
+
+
+def test_jpeg_baseline_pixel_data_decodes_like_pillow(tmp_path: Path):
+    # the corpus's JPEG baseline files are all colour, so wrap a greyscale JPEG ourselves
+    picture = smooth_picture(120, 90, top=255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, "JPEG", quality=90)
+    jpeg = buffer.getvalue()
+    path = write_dicom(
+        tmp_path / "baseline.dcm",
+        picture,
+        syntax=JPEGBaseline8Bit,
+        pixel_data=encapsulate([jpeg]),
+    )
+    expected = min_max_uint8(np.asarray(Image.open(io.BytesIO(jpeg)), dtype=np.float64))
+    decoded = read_dicom(path)
+    assert np.abs(decoded - expected).mean() < 0.5  # libjpeg vs libjpeg-turbo IDCT
+
+
+def test_window_and_rescale_are_applied_and_saturate():
+    # 693_UNCR: signed CT, RescaleIntercept -1024, soft-tissue window 40/100
+    ds = dcmread(corpus("693_UNCR.dcm"))
+    hounsfield = stored_pixels("693_UNCR.dcm") * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    expected = linear_window(hounsfield, float(ds.WindowCenter), float(ds.WindowWidth))
+    image = read_dicom(corpus("693_UNCR.dcm"))
+    assert (image == 0).mean() > 0.1 and (image == 255).mean() > 0.01
+    assert np.abs(image - expected).max() <= 1
+
+
+def test_first_of_several_windows_is_used():
+    # bad_sequence.dcm carries two windows, 40/350 and 450/1500
+    ds = dcmread(corpus("bad_sequence.dcm"))
+    assert len(ds.WindowCenter) == 2
+    values = stored_pixels("bad_sequence.dcm") * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    expected = linear_window(values, float(ds.WindowCenter[0]), float(ds.WindowWidth[0]))
+    assert np.abs(read_dicom(corpus("bad_sequence.dcm")) - expected).max() <= 1
+
+
+def test_voi_lut_sequence_is_applied_and_saturates():
+    ds = dcmread(corpus("vlut_04.dcm"))
+    item = ds.VOILUTSequence[0]
+    count, first_input, _ = item.LUTDescriptor
+    lut = np.asarray(item.LUTData, dtype=np.float64)
+    index = np.clip(stored_pixels("vlut_04.dcm") - first_input, 0, count - 1).astype(int)
+    expected = np.rint((lut[index] - lut.min()) / (lut.max() - lut.min()) * 255)
+    image = read_dicom(corpus("vlut_04.dcm"))
+    assert (image == 0).mean() > 0.05 and (image == 255).mean() > 0.05
+    assert np.abs(image - expected).max() <= 1
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "JPEG2000_UNC.dcm",  # signed 16-bit, values -30..245
+        "JPGExtended.dcm",  # unsigned 12-bit in 16
+        "CT_small.dcm",  # signed, rescale intercept -1024, no window
+        "image_dfl.dcm",  # 8-bit, deflated transfer syntax
+    ],
+)
+def test_files_without_a_window_use_the_full_range_of_their_pixels(name: str):
+    ds = dcmread(corpus(name))
+    assert "WindowCenter" not in ds and "VOILUTSequence" not in ds
+    image = read_dicom(corpus(name))
+    assert image.min() == 0 and image.max() == 255
+    assert np.abs(image - min_max_uint8(stored_pixels(name))).max() <= 1
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("emri_small.dcm", "multi-frame"),
+        ("SC_rgb.dcm", "colour"),
+        ("examples_palette.dcm", "PALETTE COLOR"),
+        ("MR_truncated.dcm", "truncated pixel data"),
+        ("JPEG-lossy.dcm", "JPEG Extended"),  # corrupt JPEG stream: every decoder fails
+        ("reportsi.dcm", "no pixel data"),  # a structured report, not an image
+        ("no_meta.dcm", "not a DICOM file"),
+    ],
+)
+def test_unusable_corpus_files_are_rejected_with_a_reason(name: str, reason: str):
+    with pytest.raises(ImageReadError) as caught:
+        read_dicom(corpus(name))
+    assert reason in caught.value.reason
+    assert caught.value.path == corpus(name)
+
+
+# --- files written here ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("window", [None, (1500.0, 2000.0)])
+def test_monochrome1_and_monochrome2_of_one_picture_decode_identically(
+    tmp_path: Path, window: tuple[float, float] | None
+):
+    picture = smooth_picture()
+    inverted = (4095 - picture).astype(np.uint16)
+    mono2_window, mono1_window = {}, {}
+    if window is not None:  # the same window on the inverted value scale
+        center, width = window
+        mono2_window = {"WindowCenter": center, "WindowWidth": width}
+        mono1_window = {"WindowCenter": 4095 - center + 1, "WindowWidth": width}
+    mono2 = write_dicom(tmp_path / "m2.dcm", picture, bits_stored=12, **mono2_window)
+    mono1 = write_dicom(
+        tmp_path / "m1.dcm", inverted, "MONOCHROME1", bits_stored=12, **mono1_window
+    )
+    image2, image1 = read_dicom(mono2), read_dicom(mono1)
+    assert image2.std() > 30
+    assert np.abs(image1.astype(int) - image2).max() <= 1
+    # bright where the MONOCHROME2 stored value is high
+    assert image2[picture == picture.max()].min() > 250
+
+
+def test_rescale_slope_and_intercept_are_applied_before_the_window(tmp_path: Path):
+    picture = smooth_picture()  # modality values 0..4095
+    window = {"WindowCenter": 2048.0, "WindowWidth": 1024.0}
+    plain = write_dicom(tmp_path / "plain.dcm", picture, bits_stored=12, **window)
+    # the same modality values stored as (value - 100) / 2 with slope 2, intercept 100
+    halved = np.floor((picture.astype(np.int32) - 100) / 2).astype(np.int16)
+    picture_back = halved.astype(np.float64) * 2 + 100
+    rescaled = write_dicom(
+        tmp_path / "rescaled.dcm", halved, RescaleSlope=2, RescaleIntercept=100, **window
+    )
+    expected = linear_window(picture_back, 2048.0, 1024.0)
+    image = read_dicom(rescaled)
+    assert np.abs(image - expected).max() <= 1
+    assert np.abs(image.astype(int) - read_dicom(plain)).max() <= 2  # <= 1 stored step
+    assert (image == 0).any() and (image == 255).any()
+
+
+def test_signed_pixels_without_window_map_to_full_range(tmp_path: Path):
+    picture = (smooth_picture().astype(np.int32) - 3000).astype(np.int16)  # -3000..1095
+    path = write_dicom(tmp_path / "signed.dcm", picture, bits_stored=13)
+    image = read_dicom(path)
+    np.testing.assert_allclose(image, min_max_uint8(picture.astype(np.float64)), atol=1)
+    assert image[picture == picture.min()].max() == 0
+    assert image[picture == picture.max()].min() == 255
+
+
+def test_truncated_pixel_data_is_rejected_as_truncated(tmp_path: Path):
+    whole = write_dicom(tmp_path / "whole.dcm", smooth_picture(), bits_stored=12).read_bytes()
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(whole[: len(whole) - 500])
+    with pytest.raises(ImageReadError, match="truncated pixel data"):
+        read_dicom(cut)
+
+
+def test_file_cut_before_its_pixel_data_is_rejected_as_truncated(tmp_path: Path):
+    picture = smooth_picture()
+    whole = write_dicom(tmp_path / "whole.dcm", picture, bits_stored=12).read_bytes()
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(whole[: len(whole) - picture.nbytes - 12])  # drop the pixel element
+    with pytest.raises(ImageReadError, match="truncated"):
+        read_dicom(cut)
+
+
+def test_text_file_named_dcm_is_not_a_dicom_file(tmp_path: Path):
+    path = tmp_path / "report.dcm"
+    path.write_text("FINDINGS: no acute cardiopulmonary process.\n")
+    with pytest.raises(ImageReadError, match="not a DICOM file") as caught:
+        read_dicom(path)
+    assert caught.value.path == str(path)
+
+
+def test_blank_frame_is_rejected_not_stored_as_a_flat_image(tmp_path: Path):
+    path = write_dicom(tmp_path / "blank.dcm", np.full((32, 32), 7, dtype=np.uint16))
+    with pytest.raises(ImageReadError, match="blank image"):
+        read_dicom(path)
+
+
+def test_transfer_syntax_without_a_decoder_is_named(tmp_path: Path):
+    mpeg2 = UID("1.2.840.10008.1.2.4.100")
+    path = write_dicom(
+        tmp_path / "video.dcm",
+        smooth_picture(),
+        syntax=mpeg2,
+        pixel_data=encapsulate([b"\x00" * 64]),
+    )
+    with pytest.raises(ImageReadError, match="unsupported transfer syntax 'MPEG2"):
+        read_dicom(path)
