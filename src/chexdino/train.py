@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -163,6 +164,8 @@ class Trainer:
         self.log_rows: list[dict[str, Any]] = []
         self.val_rows: list[dict[str, Any]] = []
         self.stop = StopRequest()
+        self._writer: threading.Thread | None = None
+        self._writer_error: BaseException | None = None
 
     # ---- one optimisation step -------------------------------------------------------
     def _make_step_fn(self):
@@ -217,7 +220,9 @@ class Trainer:
                 if window:
                     self._log(window, tick, tick_step)
                     window, tick, tick_step = [], time.perf_counter(), self.step
-                self.save_checkpoint()
+                self.save_checkpoint(background=self.device.type == "cuda"
+                                     and self.step < self.cfg.steps
+                                     and self.stop.signal is None)
             if self.stop.signal is not None and self.step < self.cfg.steps:
                 log.warning("stopping at step %d for a resubmission", self.step)
                 raise SystemExit(RESUME_EXIT_CODE)
@@ -291,20 +296,50 @@ class Trainer:
                 "model_config": self.model_cfg.to_dict(), "val": val or {},
                 "chexdino_version": __version__}
 
-    def save_checkpoint(self) -> Path:
-        """Full resumable state to ``step_XXXXXXX.pt`` (atomic), then apply retention."""
+    def save_checkpoint(self, background: bool = False) -> Path:
+        """Full resumable state to ``step_XXXXXXX.pt`` (atomic), then apply retention.
+
+        With ``background`` the state is copied to host memory and written by a thread while
+        training continues (a full-size checkpoint is ~1.2 GB); the next save, the end of the
+        run and a signal-triggered exit wait for it.
+        """
+        self.wait_for_checkpoint()
         payload = self._weights_payload(self.val_rows[-1] if self.val_rows else None)
         payload.update({
             "optimizer": self.optimizer.state_dict(),
             "train_config": asdict(self.cfg),
-            "log_rows": self.log_rows,
-            "val_rows": self.val_rows,
+            "log_rows": list(self.log_rows),
+            "val_rows": list(self.val_rows),
         })
         path = self.ckpt_dir / f"step_{self.step:07d}.pt"
-        self._atomic_save(payload, path)
-        self._apply_retention()
-        self.write_tables()
+
+        def write() -> None:
+            self._atomic_save(payload, path)
+            self._apply_retention()
+            self.write_tables()
+
+        if background:
+            payload = _host_copy(payload)
+            self._writer = threading.Thread(target=self._run_writer, args=(write,), daemon=True)
+            self._writer.start()
+        else:
+            write()
         return path
+
+    def _run_writer(self, write) -> None:
+        try:
+            write()
+        except BaseException as exc:
+            self._writer_error = exc
+
+    def wait_for_checkpoint(self) -> None:
+        """Block until a background checkpoint write is done; re-raise its error, if any."""
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        if self._writer_error is not None:
+            error, self._writer_error = self._writer_error, None
+            raise RuntimeError(f"writing a checkpoint in {self.ckpt_dir} failed") from error
 
     @staticmethod
     def _atomic_save(payload: dict[str, Any], path: Path) -> None:
@@ -367,10 +402,22 @@ class Trainer:
 
     def finish(self) -> dict[str, Any]:
         """Copy the best weights to ``best.pt`` (the rule's output) and write the tables."""
+        self.wait_for_checkpoint()
         best = torch.load(self.ckpt_dir / "best.pt", map_location="cpu", weights_only=True)
         self._atomic_save(best, self.out_dir / "best.pt")
         self.write_tables()
         return {"steps": self.step, "best_step": best["step"], "best_val": best["val"]}
+
+
+def _host_copy(obj: Any) -> Any:
+    """Deep copy of a checkpoint payload with every tensor copied to host memory."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _host_copy(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_host_copy(v) for v in obj)
+    return obj
 
 
 def train(cxr_h5: Path, tokens_h5: Path, out_dir: Path, model_cfg: dict[str, Any],
