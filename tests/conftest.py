@@ -32,3 +32,14 @@ def tiny_model_cfg() -> dict:
     import copy
 
     return copy.deepcopy(TINY_MODEL)
+
+
+@pytest.fixture(scope="session")
+def small_demo(tmp_path_factory):
+    """A small synthetic MIMIC-CXR (40 studies, 16 CheXpert-test studies), written once."""
+    from chexdino.demo_data import make_demo_dataset
+
+    root = tmp_path_factory.mktemp("demo-data")
+    summary = make_demo_dataset(root, n_studies=40, n_chexpert=16, seed=1,
+                                image_long_side=(200, 300), workers=2)
+    return root, summary

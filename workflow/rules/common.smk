@@ -38,6 +38,16 @@ def eval_store(wildcards):
     return f"{R}/{dataset}/cxr.h5"
 
 
+def validation_prompts():
+    """The prompt settings training needs for its validation AUROC (model selection).
+
+    Only these reach the train rule, so changing another evaluation setting (uncertain-label
+    policy, bootstrap, ensemble) reruns evaluation, not training.
+    """
+    keys = ("positive_templates", "negative_templates", "prompt_overrides")
+    return {k: config["evaluate"][k] for k in keys if k in config["evaluate"]}
+
+
 def get_final_output():
     return [
         f"{R}/mimic/dataset_summary.json",

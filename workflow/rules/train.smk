@@ -14,7 +14,7 @@ rule train:
         out_dir=f"{R}/train",
         model=as_json(config["model"]),
         train=as_json(config["train"]),
-        evaluate=as_json(config["evaluate"]),
+        prompts=as_json(validation_prompts()),
     resources:
         gpu=1,
     log:
@@ -23,7 +23,7 @@ rule train:
         "../envs/chexdino.yaml"
     shell:
         "chexdino train --cxr {input.cxr} --tokens {input.tokens} --out-dir {params.out_dir}"
-        " --model {params.model} --train {params.train} --evaluate {params.evaluate}"
+        " --model {params.model} --train {params.train} --evaluate {params.prompts}"
         " > {log} 2>&1"
 
 

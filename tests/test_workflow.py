@@ -1,0 +1,130 @@
+"""The whole DAG end to end with Snakemake on a small synthetic MIMIC-CXR (real parts only)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def snakemake(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    cmd = [str(Path(sys.executable).parent / "snakemake"), "--cores", "2", *args]
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout[-4000:]}\n"
+                             f"{result.stderr[-6000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def overlay(small_demo, tmp_path_factory) -> Path:
+    """Demo config pointed at the small dataset, with a few training steps."""
+    root, _ = small_demo
+    results = tmp_path_factory.mktemp("results")
+    m = root / "mimic"
+    cfg = {
+        "results": str(results),
+        "mimic": {"image_root": str(m), "report_root": str(m), "image_suffix": ".dcm",
+                  "split_csv": str(m / "mimic-cxr-2.0.0-split.csv.gz"),
+                  "metadata_csv": str(m / "mimic-cxr-2.0.0-metadata.csv.gz"),
+                  "chexpert_csv": str(m / "mimic-cxr-2.0.0-chexpert.csv.gz")},
+        "chexpert_test": {"groundtruth_csv": str(root / "chexpert" / "groundtruth.csv"),
+                          "image_root": str(root / "chexpert" / "CheXpert-v1.0")},
+        "train": {"steps": 4, "batch_size": 8, "val_every": 2, "ckpt_every": 2,
+                  "log_every": 1, "input_size": 32},
+        "evaluate": {"bootstrap": 20},
+    }
+    path = results / "overlay.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(overlay):
+    configs = ["--configfile", "config.yaml", "tests/demo/config.yaml", str(overlay)]
+    snakemake("all", *configs)
+    return Path(yaml.safe_load(overlay.read_text())["results"]), configs
+
+
+@pytest.mark.slow
+def test_dag_runs_and_accounts_for_every_record(finished_run, small_demo):
+    results, _ = finished_run
+    _, demo = small_demo
+    summary = json.loads((results / "mimic" / "dataset_summary.json").read_text())
+    meta = pd.read_csv(small_demo[0] / "mimic" / "mimic-cxr-2.0.0-metadata.csv.gz")
+    assert summary["input_records"] == len(meta)
+    assert summary["kept"] + summary["rejected"] == len(meta)
+    rejects = pd.read_csv(results / "mimic" / "rejects.csv", dtype=str, keep_default_na=False)
+    bad = demo["bad_ids"]  # kind -> list of dicom_ids (images) or study_ids (reports)
+    for kind, reason in (("truncated_dicom", "truncated"), ("not_dicom", "not a DICOM file")):
+        rows = rejects[rejects["dicom_id"].isin(bad[kind])]
+        assert len(rows) == len(bad[kind]) > 0, kind
+        assert (rows["stage"] == "images").all() and rows["reason"].str.contains(reason).all()
+    no_report = rejects[rejects["study_id"].isin(bad["missing_report"])]
+    assert len(no_report) and (no_report["reason"] == "report file not found").all()
+    empty = rejects[rejects["study_id"].isin(bad["empty_report"])]
+    assert len(empty) and empty["reason"].str.contains("no usable text").all()
+
+
+@pytest.mark.slow
+def test_image_store_and_tokens_are_row_aligned(finished_run):
+    results, _ = finished_run
+    with h5py.File(results / "mimic" / "cxr.h5") as f:
+        cxr = f["cxr"]
+        assert cxr.dtype == np.uint8 and cxr.shape[1:] == (320, 320) and cxr.chunks is None
+        ids = f["dicom_id"].asstr()[()]
+        assert cxr[()].reshape(len(cxr), -1).max(1).min() > 0  # no all-black image stored
+    with h5py.File(results / "mimic" / "tokens.h5") as f:
+        assert list(f["dicom_id"].asstr()[()]) == list(ids)
+        assert f["tokens"].shape == (len(ids), 77)
+    manifest = pd.read_csv(results / "mimic" / "manifest.csv", dtype=str)
+    image_rejects = pd.read_csv(results / "mimic" / "image_rejects.csv", dtype=str)
+    assert len(ids) + len(image_rejects) == len(manifest)
+    kept = manifest[~manifest["dicom_id"].isin(image_rejects["dicom_id"])]
+    assert list(kept["dicom_id"]) == list(ids)  # manifest order survives scatter/gather
+
+
+@pytest.mark.slow
+def test_scorecards_and_report(finished_run, tmp_path):
+    results, configs = finished_run
+    for evalset in ("mimic_test", "chexpert_test"):
+        table = pd.read_csv(results / "eval" / evalset / "auroc.csv")
+        assert len(table) == 14
+        summary = json.loads((results / "eval" / evalset / "summary.json").read_text())
+        assert "mean_auroc_competition" in summary["headline"]
+        probs = pd.read_csv(results / "eval" / evalset / "probabilities.csv")
+        assert probs.filter(like="prob_").to_numpy().min() >= 0
+    val = pd.read_csv(results / "train" / "validation.csv")
+    assert list(val["step"]) == [2, 4]
+    report = tmp_path / "report.html"
+    snakemake("--report", str(report), *configs)
+    text = report.read_text(errors="ignore")
+    for needle in ("auroc.csv", "roc.png", "curves.png", "dataset_summary.png"):
+        assert needle in text
+    # Nothing left to do: a second run is a no-op.
+    dry = snakemake("-n", "all", *configs)
+    assert "Nothing to be done" in dry.stdout + dry.stderr
+
+
+@pytest.mark.slow
+def test_changing_an_eval_setting_reruns_only_evaluation(finished_run, tmp_path):
+    _, configs = finished_run
+    change = tmp_path / "change.yaml"
+    change.write_text(yaml.safe_dump({"evaluate": {"uncertain": "positive"}}))
+    dry = snakemake("-n", "all", *configs, str(change))
+    out = dry.stdout + dry.stderr
+    assert "rule evaluate" in out
+    for upstream in ("rule train", "rule image_shard", "rule tokens", "rule impressions"):
+        assert upstream not in out
