@@ -165,3 +165,14 @@ def test_corrupt_last_checkpoint_falls_back_to_previous(tiny_store, tmp_path, ti
 def test_batch_larger_than_training_rows_is_a_clear_error(tiny_store, tmp_path, tiny_model_cfg):
     with pytest.raises(ValueError, match="batch_size 64 is larger than the 39 training rows"):
         make_trainer(tiny_store, tmp_path / "x", tiny_model_cfg, batch_size=64)
+
+
+def test_checkpoints_from_other_settings_are_not_resumed(tiny_store, tmp_path, tiny_model_cfg):
+    make_trainer(tiny_store, tmp_path / "r", tiny_model_cfg, steps=4).run()
+    same = make_trainer(tiny_store, tmp_path / "r", tiny_model_cfg, steps=4, keep_last=5)
+    same.resume()
+    assert same.step == 4  # retention settings may change between stop and resume
+    other = make_trainer(tiny_store, tmp_path / "r", tiny_model_cfg, steps=4, lr=0.01)
+    other.resume()
+    assert other.step == 0
+    assert not list((tmp_path / "r" / "checkpoints").glob("step_*.pt"))

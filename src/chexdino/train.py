@@ -31,6 +31,10 @@ from chexdino.transforms import AugmentConfig, apply_augment, augment_params
 
 log = logging.getLogger(__name__)
 
+RESUME_SAFE_KEYS = frozenset({"keep_last", "keep_best", "log_every", "data_on_device",
+                              "compile", "compile_mode", "device"})
+"""Settings that may change between a stop and its resume without changing the run."""
+
 RESUME_EXIT_CODE = 75
 """Exit status after a checkpoint written on SIGUSR1/SIGTERM: "rerun me to resume" (EX_TEMPFAIL)."""
 
@@ -373,13 +377,25 @@ class Trainer:
                 path.unlink()
 
     def resume(self) -> None:
-        """Load the newest readable step checkpoint, if any (a corrupt one is reported, skipped)."""
+        """Load the newest readable step checkpoint, if any (a corrupt one is reported, skipped).
+
+        Checkpoints written under other settings (Snakemake reruns training when a setting
+        changes) belong to another run: they are deleted, with a warning, and training starts
+        from step 0.
+        """
         for path in reversed(self._step_checkpoints()):
             try:
                 ckpt = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as exc:  # fall back to the previous good one
                 log.error("checkpoint %s is unreadable (%s); trying the previous one", path, exc)
                 continue
+            changed = self._changed_settings(ckpt)
+            if changed:
+                log.warning("checkpoints in %s were written with other settings (%s); "
+                            "deleting them and starting a new run", self.ckpt_dir, changed)
+                for stale in [*self._step_checkpoints(), self.ckpt_dir / "best.pt"]:
+                    stale.unlink(missing_ok=True)
+                return
             self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.step = int(ckpt["step"])
@@ -387,6 +403,14 @@ class Trainer:
             self.val_rows = list(ckpt["val_rows"])
             log.info("resumed from %s at step %d", path, self.step)
             return
+
+    def _changed_settings(self, ckpt: dict[str, Any]) -> list[str]:
+        """Settings that differ from the checkpoint's and would change the trajectory."""
+        saved, now = ckpt.get("train_config", {}), asdict(self.cfg)
+        changed = [k for k in now if k not in RESUME_SAFE_KEYS and saved.get(k) != now[k]]
+        if ckpt.get("model_config") != self.model_cfg.to_dict():
+            changed.append("model")
+        return changed
 
     def write_tables(self) -> None:
         """metrics.csv (per log window), validation.csv and checkpoints.json."""

@@ -28,6 +28,8 @@ rule evaluate:
         precision=config["train"]["precision"],
         device=config["train"]["device"],
         split=lambda wc: "test" if wc.evalset == "mimic_test" else "",
+    # Capped at --cores locally; on SLURM the profile's cpus_per_task applies.
+    threads: 8
     resources:
         gpu=1,
     log:

@@ -15,6 +15,8 @@ rule train:
         model=as_json(config["model"]),
         train=as_json(config["train"]),
         prompts=as_json(validation_prompts()),
+    # Capped at --cores locally; on SLURM the profile's cpus_per_task applies.
+    threads: 8
     resources:
         gpu=1,
     log:
