@@ -1,9 +1,9 @@
 # Glue shared by all stages: config validation, result paths, small input functions.
 import json
+import os
 import shlex
 
 from snakemake.utils import validate
-
 
 validate(config, schema="../schemas/config.schema.yaml")
 

@@ -21,21 +21,21 @@ rule evaluate:
             subcategory="{evalset}",
         ),
         probabilities=f"{R}/eval/{{evalset}}/probabilities.csv",
+    log:
+        f"{R}/logs/evaluate/{{evalset}}.log",
+    conda:
+        "../envs/chexdino.yaml"
+    # Capped at --cores locally; on SLURM the profile's cpus_per_task applies.
+    threads: 8
+    resources:
+        gpu=1,
     params:
-        out_dir=f"{R}/eval/{{evalset}}",
+        out_dir=lambda wildcards, output: os.path.dirname(output.summary),
         evaluate=as_json(config["evaluate"]),
         input_size=config["train"]["input_size"],
         precision=config["train"]["precision"],
         device=config["train"]["device"],
         split=lambda wc: "test" if wc.evalset == "mimic_test" else "",
-    # Capped at --cores locally; on SLURM the profile's cpus_per_task applies.
-    threads: 8
-    resources:
-        gpu=1,
-    log:
-        f"{R}/logs/evaluate/{{evalset}}.log",
-    conda:
-        "../envs/chexdino.yaml"
     shell:
         "chexdino evaluate --model {input.model} --checkpoints {input.checkpoints}"
         " --cxr {input.cxr} --split '{params.split}' --evaluate {params.evaluate}"

@@ -7,13 +7,13 @@ rule image_shard:
     output:
         h5=f"{R}/{{dataset}}/shards/{{scatteritem}}.h5",
         rejects=f"{R}/{{dataset}}/shards/{{scatteritem}}.rejects.csv",
-    params:
-        size=config["images"]["size"],
-    threads: 2
     log:
         f"{R}/logs/image_shard/{{dataset}}/{{scatteritem}}.log",
     conda:
         "../envs/chexdino.yaml"
+    threads: 2
+    params:
+        size=config["images"]["size"],
     shell:
         "chexdino images --manifest {input.manifest} --shard {wildcards.scatteritem}"
         " --size {params.size} --threads {threads} --out {output.h5}"

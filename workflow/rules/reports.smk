@@ -22,12 +22,12 @@ rule tokens:
         impressions=f"{R}/mimic/impressions.csv",
     output:
         f"{R}/mimic/tokens.h5",
-    params:
-        context_length=config["reports"]["context_length"],
     log:
         f"{R}/logs/tokens.log",
     conda:
         "../envs/chexdino.yaml"
+    params:
+        context_length=config["reports"]["context_length"],
     shell:
         "chexdino tokens --cxr {input.cxr} --impressions {input.impressions}"
         " --context-length {params.context_length} --out {output} > {log} 2>&1"

@@ -9,15 +9,16 @@ rule select_mimic:
     output:
         manifest=f"{R}/mimic/manifest.csv",
         rejects=f"{R}/mimic/select_rejects.csv",
-    params:
-        image_root=config["mimic"]["image_root"],
-        image_suffix=config["mimic"]["image_suffix"],
-        report_root=config["mimic"]["report_root"],
-        select=as_json(config["select"]),
     log:
         f"{R}/logs/select_mimic.log",
     conda:
         "../envs/chexdino.yaml"
+    params:
+        # Folders holding many files (not inputs of this rule): passed as plain values.
+        image_root=lambda wildcards: config["mimic"]["image_root"],
+        image_suffix=config["mimic"]["image_suffix"],
+        report_root=lambda wildcards: config["mimic"]["report_root"],
+        select=as_json(config["select"]),
     shell:
         "chexdino select-mimic --split {input.split} --metadata {input.metadata}"
         " --chexpert {input.chexpert} --image-root {params.image_root}"
@@ -28,16 +29,20 @@ rule select_mimic:
 
 rule select_chexpert_test:
     input:
-        groundtruth=config["chexpert_test"]["groundtruth_csv"] if config.get("chexpert_test") else [],
+        groundtruth=(
+            config["chexpert_test"]["groundtruth_csv"]
+            if config.get("chexpert_test")
+            else []
+        ),
     output:
         manifest=f"{R}/chexpert_test/manifest.csv",
         rejects=f"{R}/chexpert_test/select_rejects.csv",
-    params:
-        image_root=(config.get("chexpert_test") or {}).get("image_root", ""),
     log:
         f"{R}/logs/select_chexpert_test.log",
     conda:
         "../envs/chexdino.yaml"
+    params:
+        image_root=(config.get("chexpert_test") or {}).get("image_root", ""),
     shell:
         "chexdino select-chexpert --groundtruth {input.groundtruth}"
         " --image-root {params.image_root} --manifest {output.manifest}"

@@ -22,12 +22,12 @@ rule dataset_summary:
             caption="../report/dataset.rst",
             category="1. Dataset",
         ),
-    params:
-        sample_images=config["report"]["sample_images"] if "report" in config else False,
     log:
         f"{R}/logs/dataset_summary.log",
     conda:
         "../envs/chexdino.yaml"
+    params:
+        sample_images=config["report"]["sample_images"] if "report" in config else False,
     shell:
         "chexdino summarize --manifest {input.manifest}"
         " --select-rejects {input.select_rejects} --cxr {input.cxr}"

@@ -10,19 +10,19 @@ rule train:
         checkpoints=f"{R}/train/checkpoints.json",
         metrics=f"{R}/train/metrics.csv",
         validation=f"{R}/train/validation.csv",
-    params:
-        out_dir=f"{R}/train",
-        model=as_json(config["model"]),
-        train=as_json(config["train"]),
-        prompts=as_json(validation_prompts()),
-    # Capped at --cores locally; on SLURM the profile's cpus_per_task applies.
-    threads: 8
-    resources:
-        gpu=1,
     log:
         f"{R}/logs/train.log",
     conda:
         "../envs/chexdino.yaml"
+    # Capped at --cores locally; on SLURM the profile's cpus_per_task applies.
+    threads: 8
+    resources:
+        gpu=1,
+    params:
+        out_dir=lambda wildcards, output: os.path.dirname(output.model),
+        model=as_json(config["model"]),
+        train=as_json(config["train"]),
+        prompts=as_json(validation_prompts()),
     shell:
         "chexdino train --cxr {input.cxr} --tokens {input.tokens} --out-dir {params.out_dir}"
         " --model {params.model} --train {params.train} --evaluate {params.prompts}"
