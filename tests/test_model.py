@@ -128,3 +128,62 @@ def test_pickled_code_in_weights_is_refused(tiny_model_cfg, tmp_path):
     tiny_model_cfg["text"].update(weights=str(path), random_init=False)
     with pytest.raises(WeightsError, match="evil.pt"):
         quiet_build(tiny_model_cfg)
+
+
+def meta_dinov3_state(timm_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rewrite a timm DINOv3 state dict in the layout of Meta's official .pth files."""
+    meta = {}
+    for key, value in timm_state.items():
+        key = key.replace("reg_token", "storage_tokens")
+        key = key.replace("gamma_1", "ls1.gamma").replace("gamma_2", "ls2.gamma")
+        if key.endswith("attn.q_bias"):
+            v_bias = timm_state[key.replace("q_bias", "v_bias")]
+            meta[key.replace("q_bias", "qkv.bias")] = torch.cat(
+                [value, torch.zeros_like(value), v_bias])
+            meta[key.replace("q_bias", "qkv.bias_mask")] = torch.ones(3 * len(value))
+            continue
+        if key.endswith("attn.v_bias"):
+            continue
+        meta[key] = value
+    meta["mask_token"] = torch.zeros(1, meta["cls_token"].shape[-1])
+    meta["rope_embed.periods"] = torch.ones(4)
+    return meta
+
+
+@pytest.mark.parametrize("name", ["vit_base_patch16_dinov3", "vit_base_patch16_dinov3_qkvb"])
+def test_vision_weights_from_meta_dinov3_pth(tiny_model_cfg, tmp_path, name):
+    """Meta's key layout (storage_tokens, ls1.gamma, qkv.bias, bias_mask) loads strictly."""
+    tiny_model_cfg["vision"]["name"] = name
+    source = quiet_build(tiny_model_cfg)
+    with torch.no_grad():
+        for p in source.visual.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    path = tmp_path / "dinov3_vitb16_pretrain.pth"
+    torch.save(meta_dinov3_state(source.visual.state_dict()), path)
+    tiny_model_cfg["vision"].update(weights=str(path), random_init=False)
+    loaded = quiet_build(tiny_model_cfg)
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(loaded.visual(x), source.visual(x), atol=1e-6)
+
+
+def test_text_weights_from_openai_torchscript(tiny_model_cfg, tmp_path):
+    """OpenAI's CLIP files are TorchScript archives: the text tower is read from them."""
+    import open_clip
+
+    clip = open_clip.create_model(
+        "ViT-B-32-quickgelu", pretrained=None, embed_dim=32,
+        text_cfg={"width": 32, "heads": 2, "layers": 1, "context_length": 77,
+                  "vocab_size": 49408},
+        vision_cfg={"width": 32, "layers": 1, "patch_size": 32, "image_size": 64,
+                    "head_width": 16})
+    clip.eval()
+    tokens = torch.randint(1, 1000, (2, 77))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about shape checks
+        scripted = torch.jit.trace(clip, (torch.randn(1, 3, 64, 64), tokens[:1]),
+                                   check_trace=False)
+    path = tmp_path / "ViT-B-32.pt"
+    scripted.save(str(path))
+    tiny_model_cfg["text"].update(weights=str(path), random_init=False)
+    loaded = quiet_build(tiny_model_cfg)
+    assert torch.allclose(loaded.text(tokens), clip.encode_text(tokens), atol=1e-5)

@@ -168,7 +168,8 @@ def cmd_scorecard(a: argparse.Namespace) -> None:
         table = pd.read_csv(path.with_name("auroc.csv"), keep_default_na=False,
                             na_values=[""])
         print(f"\n== zero-shot scorecard: {path.parent.name} ==")
-        print(format_table(table, json.loads(path.read_text())))
+        summary = json.loads(path.read_text())
+        print(format_table(table, summary.get("headline", summary)))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -190,7 +190,7 @@ def load_vision_weights(model: nn.Module, path: Path) -> None:
     from timm.models.eva import checkpoint_filter_fn
 
     state = read_state_dict(path, "model.vision.weights")
-    if not any(k.startswith("blocks.0.attn.qkv") for k in state):
+    if "storage_tokens" in state:  # Meta's DINOv3 layout (timm calls them reg_token)
         state = checkpoint_filter_fn(state, model)
     state = {k: v for k, v in state.items() if not k.startswith("head.")}
     _load_strict(model, state, "model.vision.weights", path)
