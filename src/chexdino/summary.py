@@ -88,7 +88,8 @@ def plot_dataset(summary: dict[str, Any], out_png: Path, cxr_h5: Path | None = N
     fig, axes = plt.subplots(1, n_cols, figsize=(4.6 * n_cols, 4.2), dpi=100)
     for ax, (title, counts) in zip(axes, panels, strict=False):
         names = [str(k)[:40] for k in counts]
-        ax.barh(names, list(counts.values()), color="#4c72b0")
+        bars = ax.barh(names, list(counts.values()), color="#4c72b0")
+        ax.bar_label(bars, fontsize=8, padding=2)  # single rejects are invisible as bars
         ax.set_title(title, fontsize=10)
         ax.tick_params(labelsize=8)
         ax.invert_yaxis()
