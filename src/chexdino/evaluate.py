@@ -123,6 +123,8 @@ def evaluate_store(
     probs = []
     for path in checkpoints:
         model = load_checkpoint_model(path, device)
+        if eval_cfg.get("compile", False):
+            model.visual = torch.compile(model.visual)
         emb = embed_images(model, images, input_size, device, batch_size, precision)
         probs.append(zero_shot_probs(model, emb, labels, eval_cfg, device, precision))
         log.info("scored %d images with %s", len(rows), path)

@@ -20,7 +20,12 @@ rule evaluate:
             category="3. Zero-shot evaluation",
             subcategory="{evalset}",
         ),
-        probabilities=f"{R}/eval/{{evalset}}/probabilities.csv",
+        probabilities=report(
+            f"{R}/eval/{{evalset}}/probabilities.csv",
+            caption="../report/probabilities.rst",
+            category="3. Zero-shot evaluation",
+            subcategory="{evalset}",
+        ),
     log:
         f"{R}/logs/evaluate/{{evalset}}.log",
     conda:

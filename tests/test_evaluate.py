@@ -1,0 +1,79 @@
+"""The evaluate stage's glue: checkpoints in, scorecard files out; ensembles average."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from chexdino import LABELS, h5store
+from chexdino.evaluate import evaluate_store
+from chexdino.model import build_model
+
+
+@pytest.fixture
+def store_and_checkpoints(tmp_path, tiny_model_cfg):
+    rng = np.random.default_rng(0)
+    n = 40
+    meta = pd.DataFrame({"dicom_id": [f"d{i}" for i in range(n)],
+                         "study_id": [f"s{i}" for i in range(n)], "subject_id": "p1",
+                         "split": ["test"] * 30 + ["train"] * 10, "view": "PA",
+                         "source_rows": 64, "source_cols": 64})
+    for lab in LABELS:
+        meta[lab] = rng.choice([1.0, 0.0, -1.0, np.nan], size=n)
+    cxr = tmp_path / "cxr.h5"
+    h5store.write_store(cxr, rng.integers(0, 255, (n, 64, 64), dtype=np.uint8), meta, 64)
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = build_model(tiny_model_cfg)
+        path = tmp_path / f"ckpt{seed}.pt"
+        torch.save({"step": 1, "model": model.state_dict(),
+                    "model_config": model.cfg.to_dict(), "val": {}}, path)
+        paths.append(path)
+    return cxr, paths, meta
+
+
+def run(cxr, ckpts, out, **cfg):
+    return evaluate_store(ckpts, cxr, out, {"bootstrap": 50, **cfg}, input_size=32,
+                          split="test", device_name="cpu", precision="fp32", batch_size=16)
+
+
+def read_probs(out):
+    return pd.read_csv(out / "probabilities.csv").filter(like="prob_").to_numpy()
+
+
+def test_ensemble_of_identical_checkpoints_equals_single(store_and_checkpoints, tmp_path):
+    cxr, (a, b), _ = store_and_checkpoints
+    run(cxr, [a], tmp_path / "single")
+    run(cxr, [a, a], tmp_path / "double")
+    run(cxr, [a, b], tmp_path / "mixed")
+    single, double = read_probs(tmp_path / "single"), read_probs(tmp_path / "double")
+    np.testing.assert_allclose(single, double, rtol=0, atol=1e-12)
+    mixed = read_probs(tmp_path / "mixed")
+    run(cxr, [b], tmp_path / "other")
+    np.testing.assert_allclose(mixed, (single + read_probs(tmp_path / "other")) / 2, atol=1e-9)
+
+
+def test_scorecard_uses_the_split_and_the_uncertain_policy(store_and_checkpoints, tmp_path):
+    cxr, (a, _), meta = store_and_checkpoints
+    summary = run(cxr, [a], tmp_path / "ex")
+    assert summary["n_images"] == 30
+    ids = pd.read_csv(tmp_path / "ex" / "probabilities.csv", dtype=str)["dicom_id"]
+    assert list(ids) == [f"d{i}" for i in range(30)]
+    table = pd.read_csv(tmp_path / "ex" / "auroc.csv").set_index("label")
+    test = meta.iloc[:30]
+    for lab in ("Edema", "No Finding"):
+        assert table.loc[lab, "n_pos"] == (test[lab] == 1).sum()
+        assert table.loc[lab, "n_neg"] == ((test[lab] == 0) | test[lab].isna()).sum()
+    run(cxr, [a], tmp_path / "pos", uncertain="positive")
+    pos = pd.read_csv(tmp_path / "pos" / "auroc.csv").set_index("label")
+    assert pos.loc["Edema", "n_pos"] == test["Edema"].isin([1.0, -1.0]).sum()
+    written = json.loads((tmp_path / "ex" / "summary.json").read_text())
+    assert written["n_images"] == 30 and "mean_auroc_competition" in written["headline"]
