@@ -6,6 +6,7 @@ import json
 import signal
 import warnings
 
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -176,3 +177,18 @@ def test_checkpoints_from_other_settings_are_not_resumed(tiny_store, tmp_path, t
     other.resume()
     assert other.step == 0
     assert not list((tmp_path / "r" / "checkpoints").glob("step_*.pt"))
+
+
+def test_streaming_bank_reads_the_same_batches_as_resident(tiny_store):
+    """The out-of-memory fallback (contiguous HDF5 reads per batch) serves identical pixels."""
+    from chexdino.data import ImageBank
+
+    cxr, _ = tiny_store
+    rows = np.arange(3, 50, 2)
+    host = ImageBank(cxr, rows, torch.device("cpu"), "host")
+    stream = ImageBank(cxr, rows, torch.device("cpu"), "stream")
+    assert (host.mode, stream.mode) == ("host", "stream")
+    positions = np.array([7, 0, 19, 3, 12])
+    assert torch.equal(host.batch(positions), stream.batch(positions))
+    with h5py.File(cxr) as f:
+        assert np.array_equal(stream.batch(positions).numpy(), f["cxr"][()][rows[positions]])
