@@ -77,3 +77,18 @@ def test_scorecard_uses_the_split_and_the_uncertain_policy(store_and_checkpoints
     assert pos.loc["Edema", "n_pos"] == test["Edema"].isin([1.0, -1.0]).sum()
     written = json.loads((tmp_path / "ex" / "summary.json").read_text())
     assert written["n_images"] == 30 and "mean_auroc_competition" in written["headline"]
+
+
+def test_ensemble_members_are_the_top_k_by_validation_metric(tmp_path):
+    from chexdino.evaluate import ensemble_members
+
+    info = {"select_by": "val_auroc", "best": "b.pt",
+            "ranked": [{"path": "s3.pt", "step": 3, "metric": 0.9},
+                       {"path": "s1.pt", "step": 1, "metric": 0.8},
+                       {"path": "s2.pt", "step": 2, "metric": 0.7}]}
+    path = tmp_path / "checkpoints.json"
+    path.write_text(json.dumps(info))
+    assert [p.name for p in ensemble_members(path, 2)] == ["s3.pt", "s1.pt"]
+    info["ranked"] = []
+    path.write_text(json.dumps(info))
+    assert [p.name for p in ensemble_members(path, 2)] == ["b.pt"]

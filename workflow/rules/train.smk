@@ -24,7 +24,8 @@ rule train:
         train=as_json(config["train"]),
         prompts=as_json(validation_prompts()),
     shell:
-        "chexdino train --cxr {input.cxr} --tokens {input.tokens} --out-dir {params.out_dir}"
+        # exec: the trainer itself receives SLURM's USR1 (not a shell that would die of it).
+        "exec chexdino train --cxr {input.cxr} --tokens {input.tokens} --out-dir {params.out_dir}"
         " --model {params.model} --train {params.train} --evaluate {params.prompts}"
         " > {log} 2>&1"
 
