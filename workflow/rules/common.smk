@@ -3,9 +3,10 @@ import json
 import os
 import shlex
 
-from snakemake.utils import validate
+from chexdino.config import validate_config
 
-validate(config, schema="../schemas/config.schema.yaml")
+# Schema plus cross-key and file checks; every problem is named by its dotted key.
+validate_config(config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"))
 
 R = config["results"]
 

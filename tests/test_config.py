@@ -1,0 +1,142 @@
+"""Config validation: every bad value is reported with its dotted key before any job starts."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from chexdino.config import validate_config
+from chexdino.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(
+            out.get(key), dict) else value
+    return out
+
+
+@pytest.fixture
+def good_config(small_demo) -> dict:
+    root, _ = small_demo
+    m = root / "mimic"
+    cfg = merge(yaml.safe_load((REPO / "config.yaml").read_text()),
+                yaml.safe_load((REPO / "tests/demo/config.yaml").read_text()))
+    cfg["mimic"].update(image_root=str(m), report_root=str(m),
+                        split_csv=str(m / "mimic-cxr-2.0.0-split.csv.gz"),
+                        metadata_csv=str(m / "mimic-cxr-2.0.0-metadata.csv.gz"),
+                        chexpert_csv=str(m / "mimic-cxr-2.0.0-chexpert.csv.gz"))
+    cfg["chexpert_test"].update(groundtruth_csv=str(root / "chexpert" / "groundtruth.csv"),
+                                image_root=str(root / "chexpert" / "CheXpert-v1.0"))
+    return cfg
+
+
+def set_key(cfg: dict, dotted: str, value) -> dict:
+    *parents, last = dotted.split(".")
+    node = cfg
+    for part in parents:
+        node = node[part]
+    if value is DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    return cfg
+
+
+DELETE = object()
+
+BAD_VALUES = [
+    ("train.steps", -5, "train.steps = -5"),
+    ("train.steps", 0, "train.steps = 0"),
+    ("train.steps", "many", "train.steps = 'many'"),
+    ("train.steps", 2.5, "train.steps = 2.5"),
+    ("train.batch_size", 1, "train.batch_size = 1"),
+    ("train.lr", 0, "train.lr = 0"),
+    ("train.lr", -1e-4, "train.lr"),
+    ("train.momentum", 1.5, "train.momentum = 1.5"),
+    ("train.optimizer", "adam", "train.optimizer = 'adam'"),
+    ("train.precision", "fp16", "train.precision = 'fp16'"),
+    ("train.select_by", "accuracy", "train.select_by"),
+    ("train.data_on_device", "tpu", "train.data_on_device"),
+    ("train.device", "gpu0", "train.device = 'gpu0'"),
+    ("train.crop_scale", [0.9], "train.crop_scale"),
+    ("train.crop_scale", [1.0, 0.9], "lower bound is above the upper bound"),
+    ("train.crop_scale", [0.0, 1.0], "train.crop_scale[0]"),
+    ("train.hflip", 2, "train.hflip = 2"),
+    ("train.val_every", 0, "train.val_every = 0"),
+    ("train.compile", "yes", "train.compile = 'yes'"),
+    ("train.compile_mode", "fast", "train.compile_mode"),
+    ("train.warmup_steps", -1, "train.warmup_steps = -1"),
+    ("train.schedule", "linear", "train.schedule"),
+    ("train.stepz", 10, "train: unknown key(s) ['stepz']"),
+    ("images.size", 8, "images.size = 8"),
+    ("images.shards", 0, "images.shards = 0"),
+    ("select.views", [], "select.views"),
+    ("select.views", ["FRONTAL"], "select.views[0] = 'FRONTAL'"),
+    ("select.missing_view", "drop", "select.missing_view"),
+    ("select.splits", ["training"], "select.splits[0] = 'training'"),
+    ("select.max_images", 0, "select.max_images = 0"),
+    ("reports.context_length", 512, "reports.context_length = 512"),
+    ("evaluate.labels", ["Cardiomegaly", "Heart Failure"], "evaluate.labels[1]"),
+    ("evaluate.labels", ["Edema", "Edema"], "evaluate.labels"),
+    ("evaluate.uncertain", "ignore", "evaluate.uncertain"),
+    ("evaluate.positive_templates", ["a chest x-ray"], "evaluate.positive_templates[0]"),
+    ("evaluate.bootstrap", -1, "evaluate.bootstrap = -1"),
+    ("evaluate.ensemble_top_k", 5, "evaluate.ensemble_top_k = 5 exceeds train.keep_best"),
+    ("model.embed_dim", 0, "model.embed_dim = 0"),
+    ("model.init_temperature", 0, "model.init_temperature = 0"),
+    ("model.vision.random_init", False, "model.vision.weights is not set"),
+    ("model.vision.weights", "/nope/dinov3.pth", "model.vision.weights is set and"),
+    ("mimic.image_suffix", ".tiff", "mimic.image_suffix"),
+    ("mimic.split_csv", "/nope/split.csv.gz", "mimic.split_csv: file not found: /nope"),
+    ("mimic.image_root", "/nope/images", "mimic.image_root: folder not found"),
+    ("mimic.report_root", DELETE, "mimic: 'report_root' is a required property"),
+    ("results", 5, "results = 5"),
+    ("surprise", 1, "(top level): unknown key(s) ['surprise']"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "message"), BAD_VALUES,
+                         ids=[f"{k}={v!r}" for k, v, _ in BAD_VALUES])
+def test_bad_value_is_named(good_config, key, value, message):
+    with pytest.raises(ConfigError) as info:
+        validate_config(set_key(good_config, key, value))
+    assert message in str(info.value)
+
+
+def test_good_config_passes_and_missing_weights_file_is_named(good_config):
+    validate_config(good_config)
+    good_config["model"]["text"].update(random_init=False, weights="/nope/ViT-B-32.pt")
+    with pytest.raises(ConfigError, match="model.text.weights: weights file not found"):
+        validate_config(good_config)
+
+
+def test_all_problems_reported_at_once(good_config):
+    set_key(good_config, "train.steps", -1)
+    set_key(good_config, "images.shards", 0)
+    with pytest.raises(ConfigError, match=r"2 problem\(s\)"):
+        validate_config(good_config)
+
+
+def test_snakemake_stops_before_any_job(good_config, tmp_path):
+    """The workflow validates at parse time: a bad value ends the run with its key named."""
+    set_key(good_config, "train.lr", -1.0)
+    good_config["results"] = str(tmp_path / "results")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(good_config))
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    result = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-n", "--cores",
+                             "1", "--configfile", str(bad)], cwd=REPO, env=env,
+                            capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "train.lr = -1.0" in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
