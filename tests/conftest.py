@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+import pandas as pd
 import pytest
+
+from chexdino import LABELS, h5store
+from chexdino.tokens import _write_tokens, tokenize
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -43,3 +48,35 @@ def small_demo(tmp_path_factory):
     summary = make_demo_dataset(root, n_studies=40, n_chexpert=16, seed=1,
                                 image_long_side=(200, 300), workers=2)
     return root, summary
+
+
+WORDS = ["cardiomegaly", "pleural effusion", "edema", "consolidation", "atelectasis"]
+
+
+@pytest.fixture
+def tiny_store(tmp_path):
+    """40 train + 16 validation 64x64 films whose bright square position matches the text."""
+    rng = np.random.default_rng(0)
+    n = 56
+    images = rng.integers(0, 60, size=(n, 64, 64), dtype=np.uint8)
+    kinds = rng.integers(0, len(WORDS), size=n)
+    for i, k in enumerate(kinds):
+        images[i, 10 * k:10 * k + 12, 10:50] = 230
+    meta = pd.DataFrame({
+        "dicom_id": [f"d{i}" for i in range(n)], "study_id": [f"s{i}" for i in range(n)],
+        "subject_id": [f"p{i}" for i in range(n)],
+        "split": ["train"] * 40 + ["validate"] * 16, "view": "PA",
+        "source_rows": 64, "source_cols": 64,
+    })
+    for j, lab in enumerate(LABELS):
+        meta[lab] = np.where(kinds == (j % 5), 1.0, 0.0) if lab in (
+            "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion") else np.nan
+    cxr = tmp_path / "cxr.h5"
+    h5store.write_store(cxr, images, meta, 64)
+    texts = [WORDS[k] for k in kinds]
+    tokens = tmp_path / "tokens.h5"
+    has_text = np.ones(n, dtype=bool)
+    has_text[5] = False  # a training row without text is never used
+    _write_tokens(tokens, tokenize(texts).numpy().astype(np.int32), has_text, meta["dicom_id"],
+                  pd.Series(["impression"] * n))
+    return cxr, tokens

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -115,9 +116,21 @@ def cmd_tokens(a: argparse.Namespace) -> None:
     log.info("tokens: %s", counts)
 
 
+def relaunch_with_torchrun(nproc: int, argv: Sequence[str]) -> None:
+    """Replace this process by ``torchrun`` starting ``nproc`` copies of the same command."""
+    args = list(argv)
+    i = args.index("--nproc")
+    del args[i:i + 2]
+    os.execvp("torchrun", ["torchrun", "--standalone", f"--nproc_per_node={nproc}",
+                           "-m", "chexdino.cli", *args])
+
+
 @command("train")
 def cmd_train(a: argparse.Namespace) -> None:
     from chexdino.train import train
+
+    if a.nproc > 1 and "WORLD_SIZE" not in os.environ and "SLURM_PROCID" not in os.environ:
+        relaunch_with_torchrun(a.nproc, sys.argv[1:])
 
     result = train(Path(a.cxr), Path(a.tokens), Path(a.out_dir), _json(a.model), _json(a.train),
                    _json(a.evaluate))
@@ -218,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="stage 4: contrastive training (resumes)")
     for arg in ("cxr", "tokens", "out-dir", "model", "train", "evaluate"):
         s.add_argument(f"--{arg}", required=True)
+    s.add_argument("--nproc", type=int, default=1,
+                   help="training processes (one per GPU); >1 relaunches under torchrun")
 
     s = sub.add_parser("plot-training", help="training curves for the report")
     for arg in ("metrics", "validation", "out"):

@@ -21,9 +21,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from chexdino import __version__, h5store
 from chexdino.data import ImageBank, batch_indices, step_generator
+from chexdino.distributed import (
+    any_rank,
+    barrier,
+    gather_with_grad,
+    init_world,
+    local_slice,
+    shutdown,
+)
 from chexdino.evaluate import autocast, embed_images, pick_device, validation_auroc
 from chexdino.model import ChexDino, ModelConfig, build_model, contrastive_loss
 from chexdino.tokens import read_tokens
@@ -150,7 +159,10 @@ class Trainer:
         self.eval_cfg = eval_cfg
         self.out_dir = Path(out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
-        self.device = pick_device(self.cfg.device)
+        self.world, self.device = init_world(pick_device(self.cfg.device))
+        self.rows = local_slice(self.world, self.cfg.batch_size)
+        log.info("training process %d of %d on %s", self.world.rank + 1, self.world.size,
+                 self.device)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -162,6 +174,10 @@ class Trainer:
                              f"{len(self.train.bank)} training rows with image and text")
         torch.manual_seed(self.cfg.seed)
         self.model: ChexDino = build_model(self.model_cfg).to(self.device)
+        self.forward_model: torch.nn.Module = self.model
+        if self.world.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward_model = DistributedDataParallel(self.model, device_ids=ids)
         self.optimizer = make_optimizer(self.model, self.cfg)
         self.step_fn = self._make_step_fn()
         self.step = 0
@@ -180,7 +196,9 @@ class Trainer:
             """Augment (uint8 in, so CUDA graphs copy 1 byte per pixel), encode, score."""
             x = apply_augment(images, theta, size)
             with autocast(self.device, self.cfg.precision):
-                img, txt, scale = self.model(x, tokens)
+                img, txt, scale = self.forward_model(x, tokens)
+            # Every rank scores the full global batch (features gathered with gradients).
+            img, txt = gather_with_grad(img, self.world), gather_with_grad(txt, self.world)
             return contrastive_loss(img, txt, scale)
 
         if not self.cfg.compile:
@@ -190,9 +208,12 @@ class Trainer:
     def train_step(self, step: int) -> torch.Tensor:
         """One step at ``step``: batch, augmentation and lr are all functions of the step."""
         positions = batch_indices(step, len(self.train.bank), self.cfg.batch_size, self.cfg.seed)
+        # Augmentation is drawn for the whole global batch, then each rank takes its rows:
+        # N processes see exactly the pixels one process would.
+        theta = augment_params(len(positions), *self.train.bank.image_shape, self.cfg.augment,
+                               step_generator(self.cfg.seed, step))[self.rows]
+        positions = positions[self.rows]
         images = self.train.bank.batch(positions)
-        theta = augment_params(len(positions), *images.shape[1:], self.cfg.augment,
-                               step_generator(self.cfg.seed, step))
         tokens = self.train.tokens[torch.from_numpy(positions).to(self.device)]
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.cfg, step)
@@ -207,6 +228,7 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         """Train to ``cfg.steps`` (resuming if a checkpoint exists); returns the final summary."""
         self.resume()
+        barrier(self.world)
         self.stop.install()
         self.model.train()
         window: list[torch.Tensor] = []
@@ -214,23 +236,41 @@ class Trainer:
         while self.step < self.cfg.steps:
             window.append(self.train_step(self.step))
             self.step += 1
-            if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
+            at_log = self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps
+            if at_log:
                 self._log(window, tick, tick_step)
                 window, tick, tick_step = [], time.perf_counter(), self.step
+            stopping = self._stop_agreed(at_log)
             if self.step % self.cfg.val_every == 0 or self.step == self.cfg.steps:
-                self.validate()
-            if (self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps
-                    or self.stop.signal is not None):
+                self.on_main(self.validate)
+            if self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps or stopping:
                 if window:
                     self._log(window, tick, tick_step)
                     window, tick, tick_step = [], time.perf_counter(), self.step
-                self.save_checkpoint(background=self.device.type == "cuda"
-                                     and self.step < self.cfg.steps
-                                     and self.stop.signal is None)
-            if self.stop.signal is not None and self.step < self.cfg.steps:
+                background = (self.device.type == "cuda" and self.step < self.cfg.steps
+                              and not stopping)
+                self.on_main(self.save_checkpoint, background=background)
+            if stopping and self.step < self.cfg.steps:
                 log.warning("stopping at step %d for a resubmission", self.step)
+                self.on_main(self.wait_for_checkpoint)
+                shutdown(self.world)
                 raise SystemExit(RESUME_EXIT_CODE)
-        return self.finish()
+        result = self.on_main(self.finish)
+        shutdown(self.world)
+        return result
+
+    def on_main(self, func, *args, **kwargs) -> Any:
+        """Run ``func`` on the main process only (validation, files); the others wait."""
+        result = func(*args, **kwargs) if self.world.is_main else None
+        barrier(self.world)
+        return result
+
+    def _stop_agreed(self, at_log: bool) -> bool:
+        """Whether to checkpoint and stop now. One process checks every step; several agree
+        at logging boundaries (one collective per window), so all stop at the same step."""
+        if not self.world.distributed:
+            return self.stop.signal is not None
+        return at_log and any_rank(self.stop.signal is not None, self.world, self.device)
 
     def _log(self, window: list[torch.Tensor], tick: float, tick_step: int) -> None:
         losses = torch.stack(window).float().cpu().numpy()  # the one host sync per log window
@@ -390,6 +430,8 @@ class Trainer:
                 log.error("checkpoint %s is unreadable (%s); trying the previous one", path, exc)
                 continue
             changed = self._changed_settings(ckpt)
+            if changed and not self.world.is_main:
+                return  # the main process deletes them; this one starts fresh too
             if changed:
                 log.warning("checkpoints in %s were written with other settings (%s); "
                             "deleting them and starting a new run", self.ckpt_dir, changed)

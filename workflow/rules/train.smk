@@ -27,6 +27,7 @@ rule train:
         # exec: the trainer itself receives SLURM's USR1 (not a shell that would die of it).
         "exec chexdino train --cxr {input.cxr} --tokens {input.tokens} --out-dir {params.out_dir}"
         " --model {params.model} --train {params.train} --evaluate {params.prompts}"
+        " --nproc {resources.gpu}"
         " > {log} 2>&1"
 
 
