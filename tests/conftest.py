@@ -53,8 +53,7 @@ def small_demo(tmp_path_factory):
 WORDS = ["cardiomegaly", "pleural effusion", "edema", "consolidation", "atelectasis"]
 
 
-@pytest.fixture
-def tiny_store(tmp_path):
+def build_tiny_store(tmp_path):
     """40 train + 16 validation 64x64 films whose bright square position matches the text."""
     rng = np.random.default_rng(0)
     n = 56
@@ -80,3 +79,8 @@ def tiny_store(tmp_path):
     _write_tokens(tokens, tokenize(texts).numpy().astype(np.int32), has_text, meta["dicom_id"],
                   pd.Series(["impression"] * n))
     return cxr, tokens
+
+
+@pytest.fixture
+def tiny_store(tmp_path):
+    return build_tiny_store(tmp_path)
