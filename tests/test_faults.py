@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from chexdino import h5store
 from conftest import TINY_MODEL, build_tiny_store
 from test_train import train_cfg
 
@@ -124,3 +125,80 @@ def test_malicious_checkpoint_is_not_unpickled(tiny_store, tmp_path, tiny_model_
     trainer = make_trainer(tiny_store, tmp_path / "run", tiny_model_cfg)
     trainer.resume()
     assert trainer.step == 0 and not marker.exists()
+
+
+def demo_manifest(small_demo, tmp_path, repeat: int = 20) -> Path:
+    """The small demo's frontal manifest, repeated so that a shard runs for a few seconds."""
+    from chexdino.select import select_mimic, write_manifest
+
+    root, _ = small_demo
+    m = root / "mimic"
+    manifest, rejects = select_mimic(m / "mimic-cxr-2.0.0-split.csv.gz",
+                                     m / "mimic-cxr-2.0.0-metadata.csv.gz",
+                                     m / "mimic-cxr-2.0.0-chexpert.csv.gz", m, m, ".dcm")
+    import pandas as pd
+
+    big = pd.concat([manifest] * repeat, ignore_index=True)
+    path = tmp_path / "manifest.csv"
+    write_manifest(big, rejects, path, tmp_path / "select_rejects.csv")
+    return path
+
+
+@pytest.mark.slow
+def test_killed_shard_and_gather_leave_no_complete_looking_file(small_demo, tmp_path):
+    manifest = demo_manifest(small_demo, tmp_path)
+    shard, rejects = tmp_path / "shards" / "1-of-1.h5", tmp_path / "shards" / "1-of-1.csv"
+    cmd = [str(BIN / "chexdino"), "images", "--manifest", str(manifest), "--shard", "1-of-1",
+           "--threads", "1", "--out", str(shard), "--rejects", str(rejects)]
+    proc = subprocess.Popen(cmd, env=env(), stderr=subprocess.PIPE, text=True)
+    time.sleep(4)
+    assert proc.poll() is None, "the shard finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not shard.exists() and not rejects.exists()
+    subprocess.run(cmd, env=env(), check=True, capture_output=True)  # the rerun heals
+    n_kept = len(h5store.read_meta(shard))
+    assert n_kept > 0
+
+    out = tmp_path / "cxr.h5"
+    gather = [str(BIN / "chexdino"), "gather", "--shards", *[str(shard)] * 40,
+              "--shard-rejects", str(rejects), "--out", str(out),
+              "--rejects", str(tmp_path / "image_rejects.csv")]
+    proc = subprocess.Popen(gather, env=env(), stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".cxr.h5.*.tmp")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    subprocess.run(gather, env=env(), check=True, capture_output=True)
+    assert len(h5store.read_meta(out)) == 40 * n_kept
+
+
+def test_disk_full_gives_a_clear_error_and_no_output(tmp_path):
+    """A 1 MiB tmpfs stands in for a full disk (root only)."""
+    import numpy as np
+    import pandas as pd
+
+    from chexdino import LABELS
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs",
+                                            str(mount)], capture_output=True).returncode:
+        pytest.skip("needs root to mount a size-limited tmpfs")
+    try:
+        n = 40  # 40 x 320 x 320 bytes = 4 MB > 1 MiB
+        meta = pd.DataFrame({"dicom_id": [f"d{i}" for i in range(n)], "study_id": "s",
+                             "subject_id": "p", "split": "train", "view": "PA",
+                             "source_rows": 320, "source_cols": 320})
+        for lab in LABELS:
+            meta[lab] = np.nan
+        target = mount / "cxr.h5"
+        with pytest.raises(OSError) as info:
+            h5store.write_store(target, np.ones((n, 320, 320), np.uint8), meta, 320)
+        assert "space" in str(info.value).lower() or info.value.errno == 28
+        assert not target.exists()
+        assert not list(mount.iterdir()), "a temporary file was left behind"
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
