@@ -6,7 +6,9 @@ import shlex
 from chexdino.config import validate_config
 
 # Schema plus cross-key and file checks; every problem is named by its dotted key.
-validate_config(config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"))
+validate_config(
+    config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml")
+)
 
 R = config["results"]
 
