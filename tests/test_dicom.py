@@ -15,8 +15,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import UID, ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 
-from chexdino.dicom import read_dicom
+from chexdino.demo_data import StudySigns, render_frontal
+from chexdino.dicom import block_mean, read_dicom, read_dicom_reduced, reduction_factor
 from chexdino.errors import ImageReadError
+from chexdino.images import load_cxr, resize_and_pad
 
 DX_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
 
@@ -299,6 +301,18 @@ def test_text_file_named_dcm_is_not_a_dicom_file(tmp_path: Path):
     assert caught.value.path == str(path)
 
 
+def test_corrupt_header_element_is_rejected_with_a_reason(tmp_path: Path):
+    # pydicom parses elements when first read: an unknown VR on Photometric Interpretation
+    # surfaces only in the header checks, and must not escape as NotImplementedError
+    whole = write_dicom(tmp_path / "whole.dcm", smooth_picture(), bits_stored=12).read_bytes()
+    element = b"\x28\x00\x04\x00CS"
+    assert whole.count(element) == 1
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(whole.replace(element, b"\x28\x00\x04\x00C8"))
+    with pytest.raises(ImageReadError, match="unreadable DICOM header"):
+        read_dicom(bad)
+
+
 def test_blank_frame_is_rejected_not_stored_as_a_flat_image(tmp_path: Path):
     path = write_dicom(tmp_path / "blank.dcm", np.full((32, 32), 7, dtype=np.uint16))
     with pytest.raises(ImageReadError, match="blank image"):
@@ -315,3 +329,131 @@ def test_transfer_syntax_without_a_decoder_is_named(tmp_path: Path):
     )
     with pytest.raises(ImageReadError, match="unsupported transfer syntax 'MPEG2"):
         read_dicom(path)
+
+
+def test_bits_above_bits_stored_are_ignored(tmp_path: Path):
+    # an overlay written into bit 15 of a 12-bit film must not change the picture
+    picture = smooth_picture()
+    overlaid = picture.copy()
+    overlaid[10:20, 10:60] |= 0x8000
+    clean = write_dicom(tmp_path / "clean.dcm", picture, bits_stored=12)
+    dirty = write_dicom(tmp_path / "dirty.dcm", overlaid, bits_stored=12)
+    np.testing.assert_array_equal(read_dicom(dirty), read_dicom(clean))
+
+
+def test_signed_values_without_sign_extension_are_sign_extended(tmp_path: Path):
+    # a 12-bit two's complement value stored with its upper 4 bits zero: -1 arrives as 4095
+    picture = (smooth_picture().astype(np.int32) - 2048).astype(np.int16)  # -2048..2047
+    extended = write_dicom(tmp_path / "extended.dcm", picture, bits_stored=12)
+    raw = (picture.view(np.uint16) & 0x0FFF).tobytes()
+    packed = write_dicom(tmp_path / "packed.dcm", picture, bits_stored=12, pixel_data=raw)
+    image = read_dicom(packed)
+    np.testing.assert_array_equal(image, read_dicom(extended))
+    assert image[picture == picture.min()].max() == 0  # -2048 is the darkest, not 2048
+
+
+# --- the reduce-first path: block means of stored values, then the lookup table -------------
+
+
+def reference_block_mean(frame: np.ndarray, factor: int) -> np.ndarray:
+    """Each factor x factor block's mean (edge blocks over the pixels they have), half up."""
+    rows, cols = frame.shape
+    out = np.empty((-(-rows // factor), -(-cols // factor)))
+    for i in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            block = frame[i * factor : (i + 1) * factor, j * factor : (j + 1) * factor]
+            out[i, j] = np.floor(block.astype(np.float64).mean() + 0.5)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("dtype", "low", "high", "factor"),
+    [
+        ("uint16", 0, 4095, 4),  # 12-bit at factor 4: sums fill uint16 exactly (65,520)
+        ("uint16", 0, 65535, 3),  # 16-bit: sums need uint32
+        ("int16", -3000, 1095, 5),
+        ("uint8", 0, 255, 2),
+    ],
+)
+def test_block_mean_averages_whole_and_partial_blocks(dtype, low, high, factor):
+    rng = np.random.default_rng(factor)
+    frame = rng.integers(low, high + 1, size=(47, 38), dtype=dtype)
+    frame[:factor, :factor] = high  # one block at the top of the range: no overflow
+    reduced = block_mean(frame, factor, low, high)
+    assert reduced.dtype == frame.dtype
+    assert reduced.shape == (-(-47 // factor), -(-38 // factor))
+    np.testing.assert_array_equal(reduced, reference_block_mean(frame, factor))
+    assert reduced[0, 0] == high
+
+
+def test_reduction_factor_keeps_the_long_side_at_least_the_minimum():
+    assert reduction_factor((3056, 2544), 640) == 4  # 764 px left for the final Lanczos
+    assert reduction_factor((2544, 3056), 640) == 4
+    assert reduction_factor((639, 400), 640) == 1
+    assert reduction_factor((3056, 2544), 0) == 1
+    assert max(3056, 2544) // reduction_factor((3056, 2544), 640) >= 640
+
+
+def chest_dicom(
+    path: Path, photometric: str, center: float = 2000.0, width: float = 3000.0
+) -> Path:
+    """A MIMIC-sized 12-bit chest film; the default window clips a little at both ends."""
+    film = render_frontal(np.random.default_rng(3), 3056, 2544, StudySigns(cardiomegaly=1.0))
+    stored = np.rint(200 + film * 3600).astype(np.uint16)
+    if photometric == "MONOCHROME1":
+        stored, center = 4095 - stored, 4095 - center + 1
+    return write_dicom(path, stored, photometric, bits_stored=12, WindowCenter=center,
+                       WindowWidth=width)
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+def test_reduced_path_matches_the_full_resolution_path_on_a_mimic_sized_film(
+    tmp_path: Path, photometric: str
+):
+    path = chest_dicom(tmp_path / "film.dcm", photometric)
+    film = read_dicom_reduced(path, min_long_side=640)
+    assert film.factor == 4 and film.source_shape == (3056, 2544)
+    assert film.image.shape == (764, 636)
+    fast, source_shape = load_cxr(path, 320)
+    full = resize_and_pad(read_dicom(path), 320).astype(np.int16)
+    assert source_shape == (3056, 2544)
+    diff = np.abs(fast - full)
+    assert diff.mean() < 1.0 and np.percentile(diff, 99) <= 2 and diff.max() <= 6
+    assert (fast[:, :27] == 0).all() and (fast[:, 293:] == 0).all()  # 266 px wide, centred
+    assert (fast[:, 27:293] > 0).mean() > 0.9
+
+
+def test_narrow_window_is_looked_up_before_averaging(tmp_path: Path):
+    # a 150-wide window saturates most of the film: averaging stored values first would put
+    # 2 % of the reduced pixels more than 4 grey levels off (up to 84) along its edges
+    path = chest_dicom(tmp_path / "narrow.dcm", "MONOCHROME2", center=1500.0, width=150.0)
+    fast, _ = load_cxr(path, 320)
+    full = resize_and_pad(read_dicom(path), 320).astype(np.int16)
+    diff = np.abs(fast - full)
+    assert (full == 0).mean() > 0.2 and (full == 255).mean() > 0.2  # mostly saturated
+    assert diff.mean() < 0.5 and diff.max() <= 8
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "mean_error"),
+    [
+        ("RG1_UNCR.dcm", 320, 0.5),  # real CR chest, MONOCHROME1, 15-bit: factor 3
+        ("RG1_J2KR.dcm", 320, 0.5),  # the same film, JPEG 2000
+        ("MR2_UNCR.dcm", 64, 1.0),  # fractional rescale slope, window: factor 8
+        ("JPEG2000_UNC.dcm", 64, 1.0),  # signed, no window (min-max), 1024 x 256: factor 8
+        ("CT_small.dcm", 16, 1.0),  # signed, rescale, no window: factor 4
+        # CT soft-tissue window 40/100: averaging stored values first would be off by ~2 grey
+        # levels on average (up to 122 at bone and air edges); the sampled check catches it
+        ("693_UNCR.dcm", 64, 1.0),
+        # VOI LUT sequence on the SMPTE test pattern: line pairs at the pixel pitch are the
+        # worst case for any reduce-then-resample (Pillow's reducing_gap gives the same)
+        ("vlut_04.dcm", 64, 2.0),
+    ],
+)
+def test_reduced_path_matches_the_full_resolution_path_on_corpus_films(
+    name: str, size: int, mean_error: float
+):
+    fast, _ = load_cxr(corpus(name), size)
+    assert read_dicom_reduced(corpus(name), 2 * size).factor > 1  # the reduced path ran
+    full = resize_and_pad(read_dicom(corpus(name)), size).astype(np.int16)
+    assert np.abs(fast - full).mean() < mean_error

@@ -132,6 +132,25 @@ def test_dicom_source_shape_is_rows_by_columns():
     assert image[:, 120:200].std() > 10
 
 
+@pytest.mark.parametrize(("name", "size"), [("RG1_UNCR.dcm", 320), ("JPEG2000_UNC.dcm", 100)])
+def test_block_averaged_dicom_keeps_the_full_frame_geometry(name: str, size: int):
+    # RG1_UNCR is 1955 x 1841 (factor 3 leaves partial blocks on both edges); JPEG2000_UNC is
+    # 1024 x 256 (factor 5: a thin strip, 25 px wide at size 100)
+    fast, source_shape = load_cxr(corpus(name), size)
+    full_resolution = read_dicom(corpus(name))
+    full = resize_and_pad(full_resolution, size)
+    assert source_shape == full_resolution.shape
+    assert nonzero_box(fast) == nonzero_box(full)
+    assert np.abs(fast.astype(int) - full).mean() < 1
+
+
+def test_dicom_too_small_to_reduce_gives_the_full_resolution_result_exactly():
+    # 64 x 64 at size 320 (and 1024 x 256 at 320): no block averaging, same pixels as before
+    for name in ("MR_small.dcm", "JPEG2000_UNC.dcm"):
+        expected = resize_and_pad(read_dicom(corpus(name)), 320)
+        np.testing.assert_array_equal(load_cxr(corpus(name), 320)[0], expected)
+
+
 @pytest.mark.parametrize(
     ("name", "content", "reason"),
     [

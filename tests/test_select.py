@@ -8,7 +8,13 @@ import pytest
 
 from chexdino import LABELS
 from chexdino.errors import ConfigError
-from chexdino.select import read_manifest, select_chexpert_test, select_mimic, write_manifest
+from chexdino.select import (
+    mimic_studies,
+    read_manifest,
+    select_chexpert_test,
+    select_mimic,
+    write_manifest,
+)
 
 
 def run_select(root, **kw):
@@ -87,3 +93,16 @@ def test_chexpert_test_layout(small_demo):
         f"CheXpert-v1.0/{truth['Study'].iloc[0]}/view1_frontal.jpg")
     for lab in LABELS:
         assert list(manifest[lab]) == list(truth[lab].astype(float))
+
+
+def test_study_table_lists_every_study_of_the_split_table_whatever_the_views(small_demo):
+    root, _ = small_demo
+    m = root / "mimic"
+    split = pd.read_csv(m / "mimic-cxr-2.0.0-split.csv.gz", dtype=str)
+    studies = mimic_studies(m / "mimic-cxr-2.0.0-split.csv.gz", m)
+    assert sorted(studies["study_id"]) == sorted(split["study_id"].unique())
+    manifest, _ = select_mimic(m / "mimic-cxr-2.0.0-split.csv.gz",
+                               m / "mimic-cxr-2.0.0-metadata.csv.gz",
+                               m / "mimic-cxr-2.0.0-chexpert.csv.gz", m, m, views=["PA"])
+    by_study = studies.set_index("study_id")["report_path"]
+    assert (manifest["report_path"] == manifest["study_id"].map(by_study)).all()

@@ -97,11 +97,10 @@ def cmd_gather(a: argparse.Namespace) -> None:
 @command("impressions")
 def cmd_impressions(a: argparse.Namespace) -> None:
     from chexdino.reports import extract_impressions, impression_summary
-    from chexdino.select import read_manifest
+    from chexdino.select import mimic_studies
 
-    manifest = read_manifest(Path(a.manifest))
-    studies = manifest[["study_id", "report_path"]].drop_duplicates("study_id")
-    impressions, rejects = extract_impressions(studies.reset_index(drop=True))
+    studies = mimic_studies(Path(a.split), Path(a.report_root))
+    impressions, rejects = extract_impressions(studies)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     impressions.to_csv(a.out, index=False)
     rejects.to_csv(a.rejects, index=False)
@@ -220,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rejects", required=True)
 
     s = sub.add_parser("impressions", help="stage 3: impression text per study")
-    for arg in ("manifest", "out", "rejects"):
+    for arg in ("split", "report-root", "out", "rejects"):
         s.add_argument(f"--{arg}", required=True)
 
     s = sub.add_parser("tokens", help="stage 3: CLIP BPE tokens row-aligned with the images")

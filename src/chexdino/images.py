@@ -3,7 +3,10 @@
 CheXzero's stored images are the reference geometry: scale so the long side is ``size``
 (``int()`` truncation included), LANCZOS, paste centred on a black ``size x size`` canvas.
 JPGs are decoded with Pillow's JPEG draft mode, which lets libjpeg do most of the
-downscaling inside the IDCT (measured here: 31 vs 96-111 ms per 3056x2544 film).
+downscaling inside the IDCT (measured here: 31 vs 96-111 ms per 3056x2544 film). DICOMs are
+block-averaged by an integer factor before their lookup table (``REDUCING_GAP``), then
+Lanczos-resized from the reduced frame with the box that keeps the full frame's geometry.
+Throughput and fidelity: ``bench/preprocess.py`` and docs/performance.md.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from chexdino import LABELS
-from chexdino.dicom import read_dicom
+from chexdino.dicom import ReducedFilm, read_dicom, read_dicom_reduced
 from chexdino.errors import ImageReadError
 from chexdino.h5store import ID_COLUMNS, REJECT_COLUMNS, write_rejects, write_store
 
@@ -33,6 +36,10 @@ MANIFEST_COLUMNS: tuple[str, ...] = (*ID_COLUMNS, "image_path", *LABELS)
 PoolKind = Literal["process", "thread"]
 POOL: PoolKind = "process"
 """Pool used when ``threads > 1``; process_shard's docstring gives the timing behind it."""
+
+REDUCING_GAP = 2
+"""A DICOM frame is block-averaged to no less than this many times the output size before
+the final Lanczos resize; see :func:`chexdino.dicom.reduction_factor`."""
 
 Decoded = tuple[np.ndarray | None, tuple[int, int] | None, str | None]
 """(image, source (rows, cols), None) for a kept film, or (None, None, reason) for a reject."""
@@ -59,10 +66,21 @@ def resize_and_pad(image: np.ndarray, size: int = 320) -> np.ndarray:
     if image.ndim != 2 or image.size == 0:
         raise ValueError(f"expected a non-empty 2-D greyscale image, got shape {image.shape}")
     picture = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), mode="L")
-    width, height = picture.size
+    return _fit_on_canvas(picture, picture.size, size)
+
+
+def _fit_on_canvas(
+    picture: Image.Image,
+    film_size: tuple[int, int],
+    size: int,
+    box: tuple[float, float, float, float] | None = None,
+) -> np.ndarray:
+    """Lanczos-resize ``box`` of ``picture`` to the size CheXzero gives a ``film_size`` (w, h)
+    film, and paste it centred on a black ``size x size`` canvas."""
+    width, height = film_size
     ratio = float(size) / max(width, height)
     new_size = (max(1, int(width * ratio)), max(1, int(height * ratio)))  # >= 1: thin strips
-    picture = picture.resize(new_size, Image.Resampling.LANCZOS)
+    picture = picture.resize(new_size, Image.Resampling.LANCZOS, box=box)
     canvas = Image.new("L", (size, size))
     canvas.paste(picture, ((size - new_size[0]) // 2, (size - new_size[1]) // 2))
     return np.asarray(canvas, dtype=np.uint8)
@@ -70,8 +88,21 @@ def resize_and_pad(image: np.ndarray, size: int = 320) -> np.ndarray:
 
 def load_cxr(path: Path, size: int = 320) -> tuple[np.ndarray, tuple[int, int]]:
     """The stored (size, size) image of a film and the film's own (rows, cols)."""
-    image, source_shape = _decode(Path(path), size)
+    path = Path(path)
+    _check_readable(path)
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        film = read_dicom_reduced(path, min_long_side=REDUCING_GAP * size)
+        return _resize_reduced(film, size), film.source_shape
+    image, source_shape = _read_with_pillow(path, size)
     return resize_and_pad(image, size), source_shape
+
+
+def _resize_reduced(film: ReducedFilm, size: int) -> np.ndarray:
+    """CheXzero's geometry for the full frame, resampled from its block-averaged copy."""
+    rows, cols = film.source_shape
+    box = (0.0, 0.0, cols / film.factor, rows / film.factor)
+    picture = Image.fromarray(np.ascontiguousarray(film.image, dtype=np.uint8), mode="L")
+    return _fit_on_canvas(picture, (cols, rows), size, box)
 
 
 def process_shard(
@@ -87,10 +118,11 @@ def process_shard(
     Every manifest row lands in exactly one of the two; kept rows keep manifest order.
     ``threads > 1`` decodes in a pool of that many workers, processes by default.
     Measured on 2 cores, ms per MIMIC-sized film (inline / 2 threads / 2 processes):
-    native 16-bit DICOM 79 / 36 / 43, JPG 29 / 16 / 18, JPEG 2000 1329 / 1448 / 1076.
-    Threads win slightly where numpy and Pillow release the GIL, but the JPEG 2000 decoder
-    (pylibjpeg-openjpeg) holds it, so threads cannot speed that up at all; processes
-    scale for every codec. Returns ``{"input", "kept", "rejected"}`` counts.
+    native 12-bit DICOM 21 / 13 / 16, JPG 21 / 12 / 12 (bench/preprocess.py films), JPEG
+    2000 1329 / 1448 / 1076 (decoder-bound). Threads win slightly where numpy and Pillow
+    release the GIL, but the JPEG 2000 decoder (pylibjpeg-openjpeg) holds it, so threads
+    cannot speed that up at all; processes scale for every codec.
+    Returns ``{"input", "kept", "rejected"}`` counts.
     """
     _check_manifest(manifest)
     manifest = manifest.reset_index(drop=True)
@@ -118,17 +150,21 @@ def process_shard(
 
 def _decode(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     """Dispatch on the suffix; returns the decoded picture and the film's (rows, cols)."""
-    suffix = path.suffix.lower()
-    if suffix not in DICOM_SUFFIXES + PILLOW_SUFFIXES:
+    _check_readable(path)
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        image = read_dicom(path)
+        return image, (int(image.shape[0]), int(image.shape[1]))
+    return _read_with_pillow(path, size)
+
+
+def _check_readable(path: Path) -> None:
+    """A known image suffix and an existing file, or the reason for the reject table."""
+    if path.suffix.lower() not in DICOM_SUFFIXES + PILLOW_SUFFIXES:
         raise ImageReadError(
             path, f"unsupported file type '{path.suffix}' (expected .dcm, .jpg, .jpeg, .png)"
         )
     if not path.is_file():
         raise ImageReadError(path, "file not found")
-    if suffix in DICOM_SUFFIXES:
-        image = read_dicom(path)
-        return image, (int(image.shape[0]), int(image.shape[1]))
-    return _read_with_pillow(path, size)
 
 
 def _read_with_pillow(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:

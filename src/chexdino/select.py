@@ -93,6 +93,23 @@ def select_mimic(
     return kept[MANIFEST_COLUMNS], rejects
 
 
+def mimic_studies(split_csv: Path, report_root: Path) -> pd.DataFrame:
+    """``study_id, subject_id, report_path`` of every study in the official split table.
+
+    Report parsing reads this instead of the manifest: it does not depend on the view,
+    split or ``max_images`` selection, so changing those reruns the image stages but not
+    the reports (all 227,835 MIMIC-CXR reports parse in well under a minute).
+    """
+    split = _read_table(split_csv, "mimic.split_csv", ["study_id", "subject_id"])
+    studies = split[["study_id", "subject_id"]].drop_duplicates("study_id")
+    studies = studies.reset_index(drop=True)
+    studies["report_path"] = [
+        str(mimic_study_dir(Path(report_root), s, t)) + ".txt"
+        for s, t in zip(studies["subject_id"], studies["study_id"], strict=True)
+    ]
+    return studies
+
+
 def select_chexpert_test(groundtruth_csv: Path, image_root: Path) -> tuple[pd.DataFrame,
                                                                             pd.DataFrame]:
     """CheXpert test layout: ``Study`` + 14 label columns (by name); image ``view1_frontal.jpg``."""

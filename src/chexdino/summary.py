@@ -62,7 +62,8 @@ def summarize_dataset(manifest_csv: Path, select_rejects: Path, cxr_h5: Path,
     if len(kept) + len(rejects) != n_input:
         raise AccountingError(f"{n_input} input records but {len(kept)} kept + "
                               f"{len(rejects)} rejected")
-    impressions = _read(impressions_csv)
+    impressions = _read(impressions_csv)  # every study of the split table: count kept ones
+    impressions = impressions[impressions["study_id"].isin(kept["study_id"])]
     summary = {
         "input_records": n_input,
         "kept": len(kept),

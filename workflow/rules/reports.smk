@@ -1,9 +1,11 @@
 # Stage 3: reports -> impressions -> CLIP BPE tokens (row-aligned with the image store).
 
 
+# Every study of the official split table, not the manifest's: the view / split / max_images
+# selection then reruns the image stages only (tokens join impressions by study_id).
 rule impressions:
     input:
-        manifest=f"{R}/mimic/manifest.csv",
+        split=config["mimic"]["split_csv"],
     output:
         impressions=f"{R}/mimic/impressions.csv",
         rejects=f"{R}/mimic/report_rejects.csv",
@@ -11,9 +13,11 @@ rule impressions:
         f"{R}/logs/impressions.log",
     conda:
         "../envs/chexdino.yaml"
+    params:
+        report_root=lambda wildcards: config["mimic"]["report_root"],
     shell:
-        "chexdino impressions --manifest {input.manifest} --out {output.impressions}"
-        " --rejects {output.rejects} > {log} 2>&1"
+        "chexdino impressions --split {input.split} --report-root {params.report_root}"
+        " --out {output.impressions} --rejects {output.rejects} > {log} 2>&1"
 
 
 rule tokens:

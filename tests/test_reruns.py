@@ -1,0 +1,240 @@
+"""What a changed setting reruns: Snakemake's own plan (``-n``) after a real preprocessing run.
+
+The module runs the real preprocessing DAG once (select, image shards, gather, impressions,
+tokens, dataset summary) on the small synthetic MIMIC-CXR; each test then dry-runs ``all``
+with one setting changed and reads the plan. Training and evaluation are never run here:
+they are planned for their missing outputs in every dry run, and a changed upstream setting
+shows up as one more reason on them ("Input files updated by another job: .../cxr.h5").
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from chexdino import LABELS
+
+REPO = Path(__file__).resolve().parents[1]
+PREPROCESSING = ("select_mimic", "select_chexpert_test", "image_shard", "gather_images",
+                 "impressions", "tokens", "dataset_summary")
+UPDATED_INPUT = "Input files updated by another job"
+
+pytestmark = pytest.mark.slow
+
+
+def snakemake(*args: str) -> str:
+    """Run snakemake from the repository; its whole output, or an error that shows it."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    cmd = [str(Path(sys.executable).parent / "snakemake"), "--cores", "2", *args]
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout[-4000:]}\n"
+                             f"{result.stderr[-6000:]}")
+    return result.stdout + result.stderr
+
+
+def planned_jobs(dry_run_output: str) -> dict[str, list[str]]:
+    """Rule name -> the ``reason:`` line of each of its planned jobs, from ``snakemake -n``."""
+    jobs: dict[str, list[str]] = {}
+    rule = None
+    for line in dry_run_output.splitlines():
+        header = re.match(r"(?:local)?rule (\w+):$", line.strip())
+        if header:
+            rule = header.group(1)
+            jobs.setdefault(rule, [])
+        elif rule and line.strip().startswith("reason:"):
+            jobs[rule].append(line.strip().removeprefix("reason:").strip())
+    return jobs
+
+
+def write_overlay(path: Path, settings: dict) -> Path:
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+@pytest.fixture(scope="module")
+def preprocessed(small_demo, tmp_path_factory) -> tuple[Path, list[str]]:
+    """The real preprocessing DAG run once; returns (results dir, config-file arguments)."""
+    root, _ = small_demo
+    results = tmp_path_factory.mktemp("rerun-results")
+    m = root / "mimic"
+    overlay = write_overlay(results / "overlay.yaml", {
+        "results": str(results),
+        "mimic": {"image_root": str(m), "report_root": str(m), "image_suffix": ".dcm",
+                  "split_csv": str(m / "mimic-cxr-2.0.0-split.csv.gz"),
+                  "metadata_csv": str(m / "mimic-cxr-2.0.0-metadata.csv.gz"),
+                  "chexpert_csv": str(m / "mimic-cxr-2.0.0-chexpert.csv.gz")},
+        "chexpert_test": {"groundtruth_csv": str(root / "chexpert" / "groundtruth.csv"),
+                          "image_root": str(root / "chexpert" / "CheXpert-v1.0")},
+    })
+    configs = ["--configfile", "config.yaml", "tests/demo/config.yaml", str(overlay)]
+    snakemake(str(results / "mimic" / "dataset_summary.json"),
+              str(results / "chexpert_test" / "cxr.h5"), *configs)
+    return results, configs
+
+
+CHANGES = {
+    "unchanged": {},
+    "image_size": {"images": {"size": 256}},
+    "views": {"select": {"views": ["PA"]}},
+    "context_length": {"reports": {"context_length": 64}},
+}
+
+
+@pytest.fixture(scope="module")
+def snakemake_answers(preprocessed, tmp_path_factory) -> dict[tuple[str, str], str]:
+    """(change, "plan" | "params") -> the output of ``snakemake -n all`` / ``--list-changes
+    params`` with that change, all started at once: a snakemake start-up is seconds of
+    imports (and plugin probes), and these runs only read the workflow's state."""
+    _, configs = preprocessed
+    folder = tmp_path_factory.mktemp("changes")
+    calls = {}
+    for name, change in CHANGES.items():
+        overlay = str(write_overlay(folder / f"{name}.yaml", change))
+        calls[name, "plan"] = ("-n", "all", *configs, overlay)
+        calls[name, "params"] = ("--list-changes", "params", *configs, overlay)
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        outputs = pool.map(lambda args: snakemake(*args), calls.values())
+        return dict(zip(calls, outputs, strict=True))
+
+
+def plan(snakemake_answers, change: str) -> dict[str, list[str]]:
+    return planned_jobs(snakemake_answers[change, "plan"])
+
+
+def params_changes(snakemake_answers, preprocessed, change: str) -> set[str]:
+    """Files ``--list-changes params`` prints, relative to the results folder.
+
+    Snakemake 9.27.1 also prints the *last* output of every job whose params did not change
+    (``ParamsChange.__or__`` keeps the file set of a no-change), so the tests below only ask
+    about first outputs (a shard's ``.h5``, ``impressions.csv``, ``manifest.csv``).
+    """
+    results, _ = preprocessed
+    listed = snakemake_answers[change, "params"].splitlines()
+    return {str(Path(line).relative_to(results)) for line in listed
+            if line.startswith(str(results))}
+
+
+def assert_reruns_downstream_of_images(jobs: dict[str, list[str]], datasets: int) -> None:
+    """Gather, tokens and the summary rerun, and the model stages see the new image store."""
+    assert len(jobs["gather_images"]) == datasets
+    assert all(UPDATED_INPUT in reason for reason in jobs["gather_images"])
+    for rule in ("tokens", "dataset_summary"):
+        assert rule in jobs and "cxr.h5" in jobs[rule][0], rule
+    assert UPDATED_INPUT in jobs["train"][0] and "mimic/cxr.h5" in jobs["train"][0]
+    assert all(UPDATED_INPUT in reason for reason in jobs["evaluate"])
+
+
+def test_unchanged_config_plans_only_the_stages_never_run(snakemake_answers):
+    # the baseline the other tests compare with: preprocessing is up to date, and the model
+    # stages are planned for their missing outputs only
+    jobs = plan(snakemake_answers, "unchanged")
+    assert not set(jobs) & set(PREPROCESSING)
+    assert set(jobs) == {"train", "evaluate", "plot_training", "all"}
+    assert UPDATED_INPUT not in jobs["train"][0]
+
+
+def test_image_size_reruns_images_and_downstream_but_not_selection_or_reports(
+    snakemake_answers, preprocessed
+):
+    jobs = plan(snakemake_answers, "image_size")
+    assert len(jobs["image_shard"]) == 4  # 2 shards x (MIMIC, CheXpert test)
+    assert all(r.startswith("Params have changed") and "320" in r and "256" in r
+               for r in jobs["image_shard"])
+    assert_reruns_downstream_of_images(jobs, datasets=2)
+    for upstream in ("select_mimic", "select_chexpert_test", "impressions"):
+        assert upstream not in jobs
+    listed = params_changes(snakemake_answers, preprocessed, "image_size")
+    assert {"mimic/shards/1-of-2.h5", "chexpert_test/shards/2-of-2.h5"} <= listed
+    assert not {"mimic/impressions.csv", "mimic/manifest.csv"} & listed
+
+
+def test_view_filter_reruns_selection_images_and_downstream_but_not_reports(
+    snakemake_answers, preprocessed
+):
+    jobs = plan(snakemake_answers, "views")
+    assert jobs["select_mimic"][0].startswith("Params have changed")
+    assert "select_chexpert_test" not in jobs and "impressions" not in jobs
+    assert len(jobs["image_shard"]) == 2  # only MIMIC's shards read the MIMIC manifest
+    assert all(UPDATED_INPUT in reason and "mimic/manifest.csv" in reason
+               for reason in jobs["image_shard"])
+    assert_reruns_downstream_of_images(jobs, datasets=1)
+    listed = params_changes(snakemake_answers, preprocessed, "views")
+    assert "mimic/manifest.csv" in listed
+    assert not {"mimic/shards/1-of-2.h5", "mimic/impressions.csv"} & listed
+
+
+def test_context_length_reruns_tokens_and_downstream_only(snakemake_answers, preprocessed):
+    jobs = plan(snakemake_answers, "context_length")
+    assert jobs["tokens"][0].startswith("Params have changed")
+    assert "dataset_summary" in jobs
+    assert UPDATED_INPUT in jobs["train"][0] and "tokens.h5" in jobs["train"][0]
+    for upstream in ("select_mimic", "select_chexpert_test", "image_shard", "gather_images",
+                     "impressions"):
+        assert upstream not in jobs
+    listed = params_changes(snakemake_answers, preprocessed, "context_length")
+    assert not {"mimic/shards/1-of-2.h5", "mimic/impressions.csv", "mimic/manifest.csv"} & listed
+
+
+# --- planning at MIMIC-CXR's size ---------------------------------------------------------
+
+N_IMAGES, N_STUDIES, N_SUBJECTS = 377_110, 227_835, 65_379  # MIMIC-CXR 2.0.0
+
+
+def write_csv_gz(table: pd.DataFrame, path: Path) -> Path:
+    with gzip.open(path, "wt", compresslevel=1) as f:
+        table.to_csv(f, index=False)
+    return path
+
+
+def mimic_sized_tables(folder: Path) -> dict[str, Path]:
+    """The three official tables with MIMIC-CXR's row counts (random ids and labels)."""
+    rng = np.random.default_rng(0)
+    study_ids = rng.choice(np.arange(50_000_000, 60_000_000), N_STUDIES, replace=False)
+    subject_of_study = rng.integers(10_000_000, 10_000_000 + N_SUBJECTS, N_STUDIES)
+    study_of_image = np.sort(rng.integers(0, N_STUDIES, N_IMAGES))
+    dicom_ids = [f"{i:08x}-00000000-00000000-00000000-00000000" for i in range(N_IMAGES)]
+    images = pd.DataFrame({"dicom_id": dicom_ids, "study_id": study_ids[study_of_image],
+                           "subject_id": subject_of_study[study_of_image]})
+    split = images.assign(split=rng.choice(["train", "validate", "test"], N_IMAGES,
+                                           p=[0.97, 0.01, 0.02]))
+    views = rng.choice(["PA", "AP", "LATERAL", "LL", ""], N_IMAGES, p=[.25, .4, .25, .06, .04])
+    metadata = images.assign(ViewPosition=views)
+    labels = rng.choice([1.0, 0.0, -1.0, np.nan], (N_STUDIES, len(LABELS)))
+    chexpert = pd.DataFrame(labels, columns=list(LABELS))
+    chexpert.insert(0, "study_id", study_ids)
+    chexpert.insert(0, "subject_id", subject_of_study)
+    return {"split_csv": write_csv_gz(split, folder / "mimic-cxr-2.0.0-split.csv.gz"),
+            "metadata_csv": write_csv_gz(metadata, folder / "mimic-cxr-2.0.0-metadata.csv.gz"),
+            "chexpert_csv": write_csv_gz(chexpert, folder / "mimic-cxr-2.0.0-chexpert.csv.gz")}
+
+
+def test_mimic_sized_config_plans_64_shard_jobs_in_seconds(tmp_path):
+    tables = mimic_sized_tables(tmp_path)
+    overlay = write_overlay(tmp_path / "mimic.yaml", {
+        "results": str(tmp_path / "results"),
+        "mimic": {"image_root": str(tmp_path), "report_root": str(tmp_path),
+                  "image_suffix": ".jpg", **{k: str(v) for k, v in tables.items()}},
+        "chexpert_test": None,
+        "images": {"shards": 64},
+    })
+    t0 = time.perf_counter()
+    out = snakemake("-n", "all", "--configfile", "config.yaml", "tests/demo/config.yaml",
+                    str(overlay))
+    seconds = time.perf_counter() - t0
+    stats = dict(re.findall(r"^(\w+)\s+(\d+)$", out, flags=re.MULTILINE))
+    assert stats["image_shard"] == "64" and stats["gather_images"] == "1"
+    assert int(stats["total"]) < 80  # no job per image or per study anywhere
+    assert seconds < 60, f"dry run of a {N_IMAGES:,}-image config took {seconds:.0f} s"
