@@ -128,3 +128,14 @@ def test_changing_an_eval_setting_reruns_only_evaluation(finished_run, tmp_path)
     assert "rule evaluate" in out
     for upstream in ("rule train", "rule image_shard", "rule tokens", "rule impressions"):
         assert upstream not in out
+
+
+@pytest.mark.slow
+def test_logs_hold_no_report_text(finished_run):
+    """Logs carry counts and paths; the impressions themselves stay in the results only."""
+    results, _ = finished_run
+    impressions = pd.read_csv(results / "mimic" / "impressions.csv", keep_default_na=False)
+    logs = "\n".join(p.read_text(errors="ignore") for p in (results / "logs").rglob("*.log"))
+    assert logs
+    leaked = [t for t in impressions["impression"] if len(t) > 25 and t in logs]
+    assert not leaked, leaked[:3]
