@@ -127,7 +127,7 @@ def test_malicious_checkpoint_is_not_unpickled(tiny_store, tmp_path, tiny_model_
     assert trainer.step == 0 and not marker.exists()
 
 
-def demo_manifest(small_demo, tmp_path, repeat: int = 20) -> Path:
+def demo_manifest(small_demo, tmp_path, repeat: int = 80) -> Path:
     """The small demo's frontal manifest, repeated so that a shard runs for a few seconds."""
     from chexdino.select import select_mimic, write_manifest
 
@@ -151,7 +151,7 @@ def test_killed_shard_and_gather_leave_no_complete_looking_file(small_demo, tmp_
     cmd = [str(BIN / "chexdino"), "images", "--manifest", str(manifest), "--shard", "1-of-1",
            "--threads", "1", "--out", str(shard), "--rejects", str(rejects)]
     proc = subprocess.Popen(cmd, env=env(), stderr=subprocess.PIPE, text=True)
-    time.sleep(4)
+    time.sleep(3)  # imports take ~2 s; 80 copies of the demo films take far longer to decode
     assert proc.poll() is None, "the shard finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -319,15 +319,6 @@ def _finished_job(cluster: Cluster, job_id: str, timeout: float) -> dict[str, st
     raise AssertionError(f"SLURM job {job_id} did not end within {timeout}s")
 
 
-# Until the workflow ignores USR1 in the Snakemake process that runs a rule inside the job
-# (one line in workflow/rules/train.smk: signal.signal(signal.SIGUSR1, signal.SIG_IGN)), that
-# process dies of the signal and leaves the trainer orphaned. Remove this mark with that fix.
-SIGNAL_KILLS_SNAKEMAKE = pytest.mark.xfail(
-    strict=True, reason="USR1 kills the Snakemake process of the job step (needs the "
-    "SIG_IGN line in workflow/rules/train.smk)")
-
-
-@SIGNAL_KILLS_SNAKEMAKE
 def test_training_stops_on_the_slurm_signal_and_the_retry_resumes(slurm_run, cluster, small_demo,
                                                                    tmp_path):
     """What happens before the wall-time limit: SLURM sends USR1 to the job's steps (the

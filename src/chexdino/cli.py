@@ -128,7 +128,10 @@ def relaunch_with_torchrun(nproc: int, argv: Sequence[str]) -> None:
 def cmd_train(a: argparse.Namespace) -> None:
     from chexdino.train import train
 
-    if a.nproc > 1 and "WORLD_SIZE" not in os.environ and "SLURM_PROCID" not in os.environ:
+    # The SLURM plugin runs each job as one srun task: relaunch there too, unless srun
+    # itself started several tasks (then their SLURM rank variables are used).
+    if (a.nproc > 1 and "WORLD_SIZE" not in os.environ
+            and int(os.environ.get("SLURM_NTASKS", "1")) <= 1):
         relaunch_with_torchrun(a.nproc, sys.argv[1:])
 
     result = train(Path(a.cxr), Path(a.tokens), Path(a.out_dir), _json(a.model), _json(a.train),

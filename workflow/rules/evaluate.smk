@@ -30,7 +30,7 @@ rule evaluate:
         f"{R}/logs/evaluate/{{evalset}}.log",
     conda:
         "../envs/chexdino.yaml"
-    # Capped at --cores locally; on SLURM the profile's cpus_per_task applies.
+    # Capped at --cores locally; on SLURM the profile's set-threads applies.
     threads: 8
     resources:
         gpu=1,

@@ -1,4 +1,10 @@
 # Stage 4: contrastive training (GPU rule). Resumes from its checkpoints when rerun.
+import signal
+
+# SLURM's pre-timeout USR1 reaches every process of the job step: the Snakemake process
+# running this job must survive it so that only the trainer (exec'd below) reacts, writes
+# its checkpoint and exits 75 for the retry.
+signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
 rule train:
@@ -14,7 +20,7 @@ rule train:
         f"{R}/logs/train.log",
     conda:
         "../envs/chexdino.yaml"
-    # Capped at --cores locally; on SLURM the profile's cpus_per_task applies.
+    # Capped at --cores locally; on SLURM the profile's set-threads applies.
     threads: 8
     resources:
         gpu=1,
