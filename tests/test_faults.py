@@ -156,23 +156,29 @@ def test_killed_shard_and_gather_leave_no_complete_looking_file(small_demo, tmp_
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not shard.exists() and not rejects.exists()
-    subprocess.run(cmd, env=env(), check=True, capture_output=True)  # the rerun heals
+    rerun = subprocess.run(cmd, env=env(), capture_output=True, text=True)  # the rerun heals
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
     n_kept = len(h5store.read_meta(shard))
     assert n_kept > 0
 
-    out = tmp_path / "cxr.h5"
-    gather = [str(BIN / "chexdino"), "gather", "--shards", *[str(shard)] * 40,
+    out, copies = tmp_path / "cxr.h5", 4  # ~1.3 GB written: long enough to be caught mid-write
+    gather = [str(BIN / "chexdino"), "gather", "--shards", *[str(shard)] * copies,
               "--shard-rejects", str(rejects), "--out", str(out),
               "--rejects", str(tmp_path / "image_rejects.csv")]
     proc = subprocess.Popen(gather, env=env(), stderr=subprocess.PIPE, text=True)
+    partial = tmp_path / ".cxr.h5.tmp"
     deadline = time.monotonic() + 60
-    while not list(tmp_path.glob(".cxr.h5.*.tmp")) and time.monotonic() < deadline:
+    while not partial.exists() and time.monotonic() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not out.exists()
-    subprocess.run(gather, env=env(), check=True, capture_output=True)
-    assert len(h5store.read_meta(out)) == 40 * n_kept
+    rerun = subprocess.run(gather, env=env(), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert len(h5store.read_meta(out)) == copies * n_kept
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert leftovers == [], "the killed writer's partial file was not reclaimed by the rerun"
+    out.unlink()  # 1.3 GB; pytest keeps the last three runs' folders
 
 
 def test_disk_full_gives_a_clear_error_and_no_output(tmp_path):

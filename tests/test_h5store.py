@@ -143,6 +143,15 @@ def test_atomic_output_leaves_nothing_when_the_write_fails(tmp_path: Path):
     assert files_in(tmp_path) == []
 
 
+def test_a_killed_writers_leftover_is_reclaimed_by_the_next_write(tmp_path: Path):
+    """SIGKILL runs no cleanup: the rerun must overwrite the orphan, not add a second one."""
+    images, meta = make_rows(3)
+    (tmp_path / ".s.h5.tmp").write_bytes(b"\0" * 4096)  # what a killed writer leaves
+    write_store(tmp_path / "s.h5", images, meta, SIZE)
+    assert files_in(tmp_path) == ["s.h5"]
+    np.testing.assert_array_equal(load_cxr_array(tmp_path / "s.h5"), images)
+
+
 def test_failed_rewrite_keeps_the_previous_store_intact(tmp_path: Path):
     images, meta = make_rows(3)
     write_store(tmp_path / "s.h5", images, meta, SIZE)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -56,10 +55,8 @@ def _write_tokens(
     out_h5: Path, tokens: np.ndarray, has_text: np.ndarray, dicom_id: pd.Series,
     source: pd.Series,
 ) -> None:
-    out_h5.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_h5.with_name(f".{out_h5.name}.tmp{os.getpid()}")
     strings = h5py.string_dtype()
-    with h5py.File(tmp, "w") as f:
+    with h5store.atomic_output(out_h5) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("tokens", data=tokens)
         f.create_dataset("has_text", data=has_text)
         f.create_dataset("dicom_id", data=dicom_id.astype(str).to_numpy(dtype=object),
@@ -67,7 +64,6 @@ def _write_tokens(
         f.create_dataset("impression_source", data=source.astype(str).to_numpy(dtype=object),
                          dtype=strings)
         f.attrs["context_length"] = tokens.shape[1]
-    os.replace(tmp, out_h5)
 
 
 def read_tokens(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import signal
 import threading
 import time
@@ -387,10 +386,8 @@ class Trainer:
 
     @staticmethod
     def _atomic_save(payload: dict[str, Any], path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        with h5store.atomic_output(path) as tmp:
+            torch.save(payload, tmp)
 
     def _step_checkpoints(self) -> list[Path]:
         return sorted(self.ckpt_dir.glob("step_*.pt"))
