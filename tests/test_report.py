@@ -11,6 +11,7 @@ otherwise the test is skipped with the reason.
 from __future__ import annotations
 
 import html
+import json
 import os
 import re
 import shutil
@@ -20,6 +21,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
+from chexdino.provenance import package_versions
 
 # The finished demo run of the workflow tests (module fixtures, reused here).
 from test_workflow import finished_run, overlay, snakemake  # noqa: F401
@@ -130,7 +133,7 @@ def pages(text: str) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_report_renders_its_sections_in_a_browser(finished_run, chromium, tmp_path):  # noqa: F811
-    _, configs = finished_run
+    results, configs = finished_run
     report = tmp_path / "report.html"
     snakemake("--report", str(report), *configs)
     rendered = pages(render(chromium, report, tmp_path))
@@ -138,7 +141,7 @@ def test_report_renders_its_sections_in_a_browser(finished_run, chromium, tmp_pa
 
     landing = rendered["landing"]
     for section in ("Workflow", "Statistics", "About", "Results",
-                    "1. Dataset", "2. Training", "3. Zero-shot evaluation"):
+                    "1. Dataset", "2. Training", "3. Zero-shot evaluation", "4. Provenance"):
         assert section in landing, section
     # The landing text of workflow/report/workflow.rst, with this run's settings filled in.
     for phrase in ("turned MIMIC-CXR images and reports into a CLIP-style chest X-ray model",
@@ -147,6 +150,20 @@ def test_report_renders_its_sections_in_a_browser(finished_run, chromium, tmp_pa
                    "trained from random initialisation"):
         assert phrase in landing, phrase
     assert "{{" not in landing and "{%" not in landing  # no unrendered template
+    # Headline numbers from this run's scorecards, included from results/run_summary.rst.
+    assert "Headline results" in landing
+    for evalset in ("chexpert_test", "mimic_test"):
+        summary = json.loads((results / "eval" / evalset / "summary.json").read_text())
+        summary = summary["headline"]
+        mean = summary["mean_auroc_competition"]
+        expected = f"{mean:.3f}" if mean is not None else "undefined"
+        assert re.search(rf"{evalset} \({summary['n_images']} images\): {expected}", landing), \
+            (evalset, expected)
+    torch_version = package_versions(("torch",))["torch"]
+    assert f"torch {torch_version}" in landing and "Produced by chexdino" in landing
+
+    provenance = rendered["category 4. Provenance"]
+    assert "provenance.csv" in provenance and "run_config.yaml" in provenance
 
     assert "rejects.csv" in rendered["category 1. Dataset"]
     assert "dataset_summary.png" in rendered["category 1. Dataset"]

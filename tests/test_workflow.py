@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,6 +109,14 @@ def test_scorecards_and_report(finished_run, tmp_path):
         assert probs.filter(like="prob_").to_numpy().min() >= 0
     val = pd.read_csv(results / "train" / "validation.csv")
     assert list(val["step"]) == [2, 4]
+    # Provenance: the training job's environment and the merged configuration.
+    trained = json.loads((results / "train" / "checkpoints.json").read_text())
+    assert trained["steps"] == 4 and trained["best_step"] in (2, 4)
+    assert trained["environment"]["packages"]["torch"] in torch.__version__
+    run_config = yaml.safe_load((results / "run_config.yaml").read_text())
+    assert run_config["train"]["steps"] == 4 and run_config["results"] == str(results)
+    provenance = pd.read_csv(results / "provenance.csv", keep_default_na=False)
+    assert {"item", "report", "train", "evaluate mimic_test"} <= set(provenance.columns)
     report = tmp_path / "report.html"
     snakemake("--report", str(report), *configs)
     text = report.read_text(errors="ignore")
@@ -125,7 +134,7 @@ def test_changing_an_eval_setting_reruns_only_evaluation(finished_run, tmp_path)
     change.write_text(yaml.safe_dump({"evaluate": {"uncertain": "positive"}}))
     dry = snakemake("-n", "all", *configs, str(change))
     out = dry.stdout + dry.stderr
-    assert "rule evaluate" in out
+    assert "rule evaluate" in out and "rule run_summary" in out
     for upstream in ("rule train", "rule image_shard", "rule tokens", "rule impressions"):
         assert upstream not in out
 

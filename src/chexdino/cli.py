@@ -170,6 +170,16 @@ def cmd_summarize(a: argparse.Namespace) -> None:
     print(json.dumps(summary, indent=2))
 
 
+@command("run-summary")
+def cmd_run_summary(a: argparse.Namespace) -> None:
+    from chexdino.provenance import write_run_summary
+
+    summaries = {Path(p).parent.name: Path(p) for p in a.eval_summaries}
+    write_run_summary(Path(a.dataset), Path(a.checkpoints), summaries, _json(a.config),
+                      Path(a.out), Path(a.provenance), Path(a.config_out))
+    print(Path(a.out).read_text())
+
+
 @command("scorecard")
 def cmd_scorecard(a: argparse.Namespace) -> None:
     import pandas as pd
@@ -253,6 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
                 "report-rejects", "tokens", "out", "rejects", "figure"):
         s.add_argument(f"--{arg}", required=True)
     s.add_argument("--sample-images", default="False")
+
+    s = sub.add_parser("run-summary", help="stage 6: landing-page summary and provenance")
+    for arg in ("dataset", "checkpoints", "config", "out", "provenance", "config-out"):
+        s.add_argument(f"--{arg}", required=True)
+    s.add_argument("--eval-summaries", nargs="+", required=True)
 
     s = sub.add_parser("scorecard", help="print the AUROC tables of a results folder")
     s.add_argument("results")

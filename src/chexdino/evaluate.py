@@ -15,6 +15,7 @@ import torch
 
 from chexdino import COMPETITION_LABELS, LABELS, h5store, zeroshot
 from chexdino.model import ChexDino, build_model
+from chexdino.provenance import environment
 from chexdino.tokens import tokenize
 from chexdino.transforms import eval_transform
 
@@ -134,7 +135,8 @@ def evaluate_store(
     table = zeroshot.auroc_table(prob, targets, labels, eval_cfg.get("bootstrap", 1000),
                                  eval_cfg.get("seed", 0))
     summary = zeroshot.headline(table, [c for c in COMPETITION_LABELS if c in labels])
-    summary.update({"n_images": len(rows), "checkpoints": [str(p) for p in checkpoints]})
+    summary.update({"n_images": len(rows), "checkpoints": [str(p) for p in checkpoints],
+                    "environment": environment(device)})
     ids = meta.loc[rows, ["dicom_id", "study_id", "subject_id"]].reset_index(drop=True)
     zeroshot.write_scorecard(Path(out_dir), ids, prob, targets, labels, table, summary)
     print(zeroshot.format_table(table, summary))

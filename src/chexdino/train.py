@@ -34,6 +34,7 @@ from chexdino.distributed import (
 )
 from chexdino.evaluate import autocast, embed_images, pick_device, validation_auroc
 from chexdino.model import ChexDino, ModelConfig, build_model, contrastive_loss
+from chexdino.provenance import environment
 from chexdino.tokens import read_tokens
 from chexdino.transforms import AugmentConfig, apply_augment, augment_params
 
@@ -451,8 +452,12 @@ class Trainer:
             changed.append("model")
         return changed
 
-    def write_tables(self) -> None:
-        """metrics.csv (per log window), validation.csv and checkpoints.json."""
+    def write_tables(self, best_step: int | None = None) -> None:
+        """metrics.csv (per log window), validation.csv and checkpoints.json.
+
+        checkpoints.json also records the steps trained and the environment of the job that
+        wrote it (versions, source revision, GPU) for the report's provenance table.
+        """
         self.out_dir.mkdir(parents=True, exist_ok=True)
         pd.DataFrame(self.log_rows, columns=["step", "loss", "lr", "temperature", "img_per_s",
                                              "gpu_mem_gb"]).to_csv(
@@ -460,7 +465,8 @@ class Trainer:
         pd.DataFrame(self.val_rows, columns=["step", "val_loss", "val_auroc", "seconds"]).to_csv(
             self.out_dir / "validation.csv", index=False)
         info = {"select_by": self.cfg.select_by, "best": str(self.ckpt_dir / "best.pt"),
-                "ranked": self._ranked()}
+                "ranked": self._ranked(), "steps": self.step, "best_step": best_step,
+                "world_size": self.world.size, "environment": environment(self.device)}
         (self.out_dir / "checkpoints.json").write_text(json.dumps(info, indent=2))
 
     def finish(self) -> dict[str, Any]:
@@ -468,7 +474,7 @@ class Trainer:
         self.wait_for_checkpoint()
         best = torch.load(self.ckpt_dir / "best.pt", map_location="cpu", weights_only=True)
         self._atomic_save(best, self.out_dir / "best.pt")
-        self.write_tables()
+        self.write_tables(best_step=best["step"])
         return {"steps": self.step, "best_step": best["step"], "best_val": best["val"]}
 
 

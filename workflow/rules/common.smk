@@ -56,4 +56,5 @@ def get_final_output():
         f"{R}/mimic/dataset_summary.json",
         f"{R}/train/curves.png",
         *expand(f"{R}/eval/{{evalset}}/summary.json", evalset=eval_sets()),
+        f"{R}/run_summary.rst",
     ]

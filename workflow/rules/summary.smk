@@ -35,3 +35,33 @@ rule dataset_summary:
         " --report-rejects {input.report_rejects} --tokens {input.tokens}"
         " --sample-images {params.sample_images} --out {output.summary}"
         " --rejects {output.rejects} --figure {output.figure} > {log} 2>&1"
+
+
+rule run_summary:
+    input:
+        dataset=f"{R}/mimic/dataset_summary.json",
+        checkpoints=f"{R}/train/checkpoints.json",
+        scorecards=expand(f"{R}/eval/{{evalset}}/summary.json", evalset=eval_sets()),
+    output:
+        landing=f"{R}/run_summary.rst",
+        provenance=report(
+            f"{R}/provenance.csv",
+            caption="../report/provenance.rst",
+            category="4. Provenance",
+        ),
+        config=report(
+            f"{R}/run_config.yaml",
+            caption="../report/config.rst",
+            category="4. Provenance",
+        ),
+    log:
+        f"{R}/logs/run_summary.log",
+    conda:
+        "../envs/chexdino.yaml"
+    params:
+        config=as_json(config),
+    shell:
+        "chexdino run-summary --dataset {input.dataset} --checkpoints {input.checkpoints}"
+        " --eval-summaries {input.scorecards} --config {params.config}"
+        " --out {output.landing} --provenance {output.provenance}"
+        " --config-out {output.config} > {log} 2>&1"

@@ -1,0 +1,174 @@
+"""What produced each number: software versions, source revision, hardware, and the run summary.
+
+The training and evaluation jobs record :func:`environment` next to their results (they may
+run on other machines than the report), and the ``run_summary`` stage turns those records,
+the dataset counts and the headline AUROCs into the report's landing-page summary and its
+provenance table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from chexdino import __version__
+
+DISTRIBUTIONS: tuple[str, ...] = (
+    "torch", "torchvision", "timm", "open_clip_torch", "numpy", "h5py", "pandas",
+    "scikit-learn", "pydicom", "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg",
+    "pylibjpeg-rle", "Pillow", "snakemake", "snakemake-executor-plugin-slurm",
+)
+"""Installed packages whose versions can change a result of this workflow."""
+
+
+def package_versions(names: tuple[str, ...] = DISTRIBUTIONS) -> dict[str, str]:
+    """Installed version of each distribution ("not installed" rather than an error)."""
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def source_revision(root: Path | None = None) -> str:
+    """Git commit of the chexdino source tree, with ``+dirty`` for uncommitted changes.
+
+    ``unknown`` when the package was not installed from a git checkout (e.g. a wheel).
+    """
+    root = root or Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return "unknown"
+    try:
+        commit = _git(root, "rev-parse", "HEAD")
+        dirty = _git(root, "status", "--porcelain", "--untracked-files=no", "--", "src",
+                     "workflow", "Snakefile")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def _git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True,
+                          text=True, timeout=30).stdout.strip()
+
+
+def hardware(device: Any = None) -> str:
+    """The accelerator a job ran on (GPU model and count) or the CPU."""
+    import torch
+
+    if device is not None and str(device).startswith("cuda") and torch.cuda.is_available():
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        return f"{len(names)} x {names[0]} (CUDA {torch.version.cuda})"
+    return f"CPU: {_cpu_model()}, {os.cpu_count()} logical cores"
+
+
+def _cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else the architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: Any = None) -> dict[str, Any]:
+    """Everything about the running job that a reader needs to reproduce its numbers."""
+    return {
+        "chexdino": __version__,
+        "source_revision": source_revision(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "hardware": hardware(device),
+        "packages": package_versions(),
+    }
+
+
+def provenance_table(environments: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """One row per item (chexdino, revision, python, hardware, each package), a column per job."""
+    columns = {}
+    for job, env in environments.items():
+        flat = {key: str(value) for key, value in env.items() if key != "packages"}
+        flat.update(env.get("packages", {}))
+        columns[job] = flat
+    table = pd.DataFrame(columns)
+    table.index.name = "item"
+    return table.fillna("not recorded").reset_index()
+
+
+def _fmt_auroc(summary: dict[str, Any]) -> str:
+    mean = summary.get("mean_auroc_competition")
+    if mean is None:
+        undefined = ", ".join(summary.get("competition_undefined", [])) or "no labels"
+        return f"undefined (only one class present for {undefined})"
+    low, high = summary.get("mean_auroc_competition_ci") or [None, None]
+    ci = f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
+    return f"**{mean:.3f}**{ci}"
+
+
+def landing_summary(dataset: dict[str, Any], training: dict[str, Any],
+                    scorecards: dict[str, dict[str, Any]]) -> str:
+    """The reStructuredText block the report's landing page includes: headline numbers first."""
+    lines = ["Headline results", "~~~~~~~~~~~~~~~~", ""]
+    lines += ["Mean zero-shot AUROC over the five competition labels "
+              "(95% bootstrap CI):", ""]
+    for name, summary in scorecards.items():
+        defined = summary.get("n_labels_defined", 0)
+        mean_all = summary.get("mean_auroc_all")
+        all_text = f"{mean_all:.3f} over {defined} labels" if mean_all is not None else "n/a"
+        lines.append(f"- ``{name}`` ({summary.get('n_images', '?')} images): "
+                     f"{_fmt_auroc(summary)}; all labels: {all_text}")
+    env = training.get("environment", {})
+    lines += ["",
+              f"Data: {dataset['input_records']} input records, {dataset['kept']} kept, "
+              f"{dataset['rejected']} rejected (every reject has a reason in ``rejects.csv``). "
+              f"Training: best checkpoint at step {training.get('best_step', '?')} of "
+              f"{training.get('steps', '?')} by {training.get('select_by', '?')} on "
+              f"{env.get('hardware', 'unrecorded hardware')}.",
+              "",
+              f"Produced by chexdino {env.get('chexdino', __version__)} "
+              f"(source ``{env.get('source_revision', 'unknown')}``), "
+              f"torch {env.get('packages', {}).get('torch', '?')}; every job's versions are "
+              "in 4. Provenance, next to the exact configuration.", ""]
+    return "\n".join(lines)
+
+
+def _headline(summary_json: Path) -> dict[str, Any]:
+    """The headline block of an evaluation's ``summary.json`` (see ``zeroshot.write_scorecard``)."""
+    doc = json.loads(summary_json.read_text())
+    return doc.get("headline", doc)
+
+
+def write_run_summary(dataset_json: Path, checkpoints_json: Path,
+                      eval_summaries: dict[str, Path], config: dict[str, Any],
+                      out_rst: Path, out_table: Path, out_config: Path) -> None:
+    """Write the landing-page block, the per-job provenance table and the exact config."""
+    import yaml
+
+    dataset = json.loads(Path(dataset_json).read_text())
+    training = json.loads(Path(checkpoints_json).read_text())
+    scorecards = {name: _headline(Path(p)) for name, p in eval_summaries.items()}
+    environments = {"report": environment()}
+    if "environment" in training:
+        environments["train"] = training["environment"]
+    for name, summary in scorecards.items():
+        if "environment" in summary:
+            environments[f"evaluate {name}"] = summary["environment"]
+    for path in (out_rst, out_table, out_config):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(out_rst).write_text(landing_summary(dataset, training, scorecards))
+    provenance_table(environments).to_csv(out_table, index=False)
+    Path(out_config).write_text(
+        "# The configuration this run used (defaults, --configfile and --config merged).\n"
+        + yaml.safe_dump(config, sort_keys=False))
+

@@ -1,0 +1,102 @@
+"""Provenance: versions, source revision and the landing-page summary of a run."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import torch
+import yaml
+
+from chexdino import __version__
+from chexdino.provenance import (
+    environment,
+    landing_summary,
+    package_versions,
+    source_revision,
+    write_run_summary,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_package_versions_are_the_installed_ones():
+    versions = package_versions(("torch", "no-such-distribution-xyz"))
+    assert versions["torch"] in (torch.__version__, torch.__version__.split("+")[0])
+    assert versions["no-such-distribution-xyz"] == "not installed"
+
+
+def test_source_revision_names_this_checkout_and_its_dirty_state(tmp_path):
+    revision = source_revision(REPO)
+    if not (REPO / ".git").exists():
+        assert revision == "unknown"
+        return
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", revision)
+    assert revision.startswith(head)
+    assert source_revision(tmp_path) == "unknown"  # not a git checkout
+
+
+def test_source_revision_marks_uncommitted_source_changes(tmp_path):
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "m.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    assert not source_revision(tmp_path).endswith("+dirty")
+    (tmp_path / "src" / "m.py").write_text("x = 2\n")
+    assert source_revision(tmp_path).endswith("+dirty")
+
+
+def test_cpu_jobs_name_the_processor_and_its_cores():
+    described = environment()["hardware"]
+    assert described.startswith("CPU: ") and described.endswith(f"{os.cpu_count()} logical cores")
+
+
+def scorecard(mean, low=None, high=None, undefined=()):
+    return {"mean_auroc_competition": mean, "mean_auroc_competition_ci": [low, high],
+            "competition_undefined": list(undefined), "mean_auroc_all": mean,
+            "n_labels_defined": 14 - len(undefined), "n_images": 500,
+            "environment": environment()}
+
+
+def test_landing_summary_puts_headline_numbers_and_versions_first():
+    dataset = {"input_records": 1000, "kept": 990, "rejected": 10}
+    training = {"steps": 25000, "best_step": 24500, "select_by": "val_auroc",
+                "environment": {"chexdino": __version__, "source_revision": "abc",
+                                "hardware": "1 x NVIDIA H100", "packages": {"torch": "9.9"}}}
+    text = landing_summary(dataset, training, {"chexpert_test": scorecard(0.8123, 0.8, 0.83),
+                                               "mimic_test": scorecard(None, undefined=["Edema"])})
+    assert text.startswith("Headline results")
+    assert "``chexpert_test`` (500 images): **0.812** [0.800, 0.830]" in text
+    assert "``mimic_test`` (500 images): undefined (only one class present for Edema)" in text
+    assert "1000 input records, 990 kept, 10 rejected" in text
+    assert "step 24500 of 25000 by val_auroc on 1 x NVIDIA H100" in text
+    assert "source ``abc``" in text and "torch 9.9" in text
+
+
+def test_run_summary_writes_a_column_per_job_and_the_exact_config(tmp_path):
+    (tmp_path / "dataset.json").write_text(json.dumps(
+        {"input_records": 3, "kept": 2, "rejected": 1}))
+    train_env = dict(environment(), hardware="2 x GPU")
+    (tmp_path / "checkpoints.json").write_text(json.dumps(
+        {"steps": 4, "best_step": 4, "select_by": "val_loss", "environment": train_env}))
+    (tmp_path / "eval" / "chexpert_test").mkdir(parents=True)
+    summary_path = tmp_path / "eval" / "chexpert_test" / "summary.json"
+    summary_path.write_text(json.dumps({"headline": scorecard(0.7, 0.6, 0.8), "per_label": {}}))
+    config = {"results": "r", "train": {"steps": 4, "lr": 1e-4}}
+    write_run_summary(tmp_path / "dataset.json", tmp_path / "checkpoints.json",
+                      {"chexpert_test": summary_path}, config, tmp_path / "landing.rst",
+                      tmp_path / "provenance.csv", tmp_path / "run_config.yaml")
+    table = pd.read_csv(tmp_path / "provenance.csv", keep_default_na=False).set_index("item")
+    assert list(table.columns) == ["report", "train", "evaluate chexpert_test"]
+    assert table.loc["hardware", "train"] == "2 x GPU"
+    assert table.loc["torch", "report"] == package_versions(("torch",))["torch"]
+    assert yaml.safe_load((tmp_path / "run_config.yaml").read_text()) == config
+    assert "**0.700** [0.600, 0.800]" in (tmp_path / "landing.rst").read_text()
