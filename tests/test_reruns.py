@@ -188,6 +188,30 @@ def test_context_length_reruns_tokens_and_downstream_only(snakemake_answers, pre
     assert not {"mimic/shards/1-of-2.h5", "mimic/impressions.csv", "mimic/manifest.csv"} & listed
 
 
+def test_editing_a_stage_module_reruns_that_stage_and_downstream_only(preprocessed):
+    """Rules declare the chexdino modules they run as inputs: an edit of reports.py reruns
+    the impressions, then tokens and the models, but no image stage. Snakemake compares the
+    content of small inputs, so only a real edit counts (a newer mtime alone does not)."""
+    _, configs = preprocessed
+    module = REPO / "src" / "chexdino" / "reports.py"
+    source, stat = module.read_bytes(), module.stat()
+    try:
+        os.utime(module, (stat.st_atime, time.time()))
+        touched = planned_jobs(snakemake("-n", "all", *configs))
+        module.write_bytes(source + b"\n# an edit\n")
+        edited = planned_jobs(snakemake("-n", "all", *configs))
+    finally:
+        module.write_bytes(source)
+        os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert "impressions" not in touched
+    assert edited["impressions"][0].startswith("Updated input files") and \
+        "reports.py" in edited["impressions"][0]
+    assert UPDATED_INPUT in edited["tokens"][0] and "impressions.csv" in edited["tokens"][0]
+    assert "dataset_summary" in edited and "train" in edited
+    for upstream in ("select_mimic", "select_chexpert_test", "image_shard", "gather_images"):
+        assert upstream not in edited
+
+
 # --- planning at MIMIC-CXR's size ---------------------------------------------------------
 
 N_IMAGES, N_STUDIES, N_SUBJECTS = 377_110, 227_835, 65_379  # MIMIC-CXR 2.0.0

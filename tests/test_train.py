@@ -146,6 +146,42 @@ def test_checkpoints_from_other_settings_are_not_resumed(tiny_store, tmp_path, t
     assert not list((tmp_path / "r" / "checkpoints").glob("step_*.pt"))
 
 
+def test_checkpoints_from_other_training_code_are_not_resumed(
+    tiny_store, tmp_path, tiny_model_cfg, monkeypatch
+):
+    """Snakemake reruns training when a module it runs is edited; the rerun starts afresh."""
+    from chexdino import train
+
+    make_trainer(tiny_store, tmp_path / "r", tiny_model_cfg, steps=4).run()
+    monkeypatch.setattr(train, "TRAINING_CODE", "0" * 64)  # what an edited train.py gives
+    edited = make_trainer(tiny_store, tmp_path / "r", tiny_model_cfg, steps=4)
+    edited.resume()
+    assert edited.step == 0
+    assert not list((tmp_path / "r" / "checkpoints").glob("step_*.pt"))
+
+
+def test_training_code_fingerprint_follows_the_source_of_imported_modules(tmp_path, monkeypatch):
+    from chexdino import provenance
+
+    package = tmp_path / "chexdino"
+    package.mkdir()
+    for name in ("__init__", "a", "b", "c", "cli"):
+        (package / f"{name}.py").write_text("")
+    (package / "a.py").write_text("from chexdino import b\n\ndef f():\n    import chexdino.c\n")
+    (package / "c.py").write_text("from chexdino import LABELS\nimport chexdino.cli\n")
+    monkeypatch.setattr(provenance, "PACKAGE_DIR", package)
+    assert [p.name for p in provenance.module_closure("a")] == [
+        "__init__.py", "a.py", "b.py", "c.py"]  # lazy imports count; cli does not
+    before = provenance.code_fingerprint(["a"])
+    (package / "c.py").write_text("from chexdino import LABELS  # edited\n")
+    assert provenance.code_fingerprint(["a"]) != before
+    edited = provenance.code_fingerprint(["a"])
+    (package / "cli.py").write_text("x = 1\n")
+    assert provenance.code_fingerprint(["a"]) == edited  # the dispatcher is not a stage's code
+    with pytest.raises(ValueError, match="no module 'missing'"):
+        provenance.module_closure("missing")
+
+
 def test_streaming_bank_reads_the_same_batches_as_resident(tiny_store):
     """The out-of-memory fallback (contiguous HDF5 reads per batch) serves identical pixels."""
     from chexdino.data import ImageBank

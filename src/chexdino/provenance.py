@@ -8,10 +8,13 @@ provenance table.
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import json
 import os
 import platform
 import subprocess
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,59 @@ DISTRIBUTIONS: tuple[str, ...] = (
     "pylibjpeg-rle", "Pillow", "snakemake", "snakemake-executor-plugin-slurm",
 )
 """Installed packages whose versions can change a result of this workflow."""
+
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def module_closure(*modules: str) -> list[Path]:
+    """Source files of the named chexdino modules and of every chexdino module they import.
+
+    Rules declare these as inputs, so editing the code a stage runs reruns that stage (and,
+    through its outputs, everything downstream). Imports inside functions count too; ``cli``
+    is left out unless named, since it imports every stage to dispatch subcommands.
+    """
+    seen: set[str] = set()
+    todo = list(modules)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        path = PACKAGE_DIR / ("__init__.py" if name == "__init__" else f"{name}.py")
+        if not path.is_file():
+            raise ValueError(f"chexdino has no module {name!r} ({path} not found)")
+        seen.add(name)
+        todo.extend(_imported_modules(path) - seen - {"cli"})
+    return [PACKAGE_DIR / ("__init__.py" if n == "__init__" else f"{n}.py") for n in sorted(seen)]
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """chexdino modules imported anywhere in ``path`` (``__init__`` for package attributes)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+            if node.module == "chexdino":
+                names = [f"chexdino.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            if parts[0] != "chexdino":
+                continue
+            sub = parts[1] if len(parts) > 1 else "__init__"
+            found.add(sub if (PACKAGE_DIR / f"{sub}.py").is_file() else "__init__")
+    return found
+
+
+def code_fingerprint(modules: Sequence[str]) -> str:
+    """SHA-256 over the source of ``module_closure(*modules)``: equal iff the code is equal."""
+    digest = hashlib.sha256()
+    for path in module_closure(*modules):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def package_versions(names: tuple[str, ...] = DISTRIBUTIONS) -> dict[str, str]:

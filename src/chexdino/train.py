@@ -34,11 +34,14 @@ from chexdino.distributed import (
 )
 from chexdino.evaluate import autocast, embed_images, pick_device, validation_auroc
 from chexdino.model import ChexDino, ModelConfig, build_model, contrastive_loss
-from chexdino.provenance import environment
+from chexdino.provenance import code_fingerprint, environment
 from chexdino.tokens import read_tokens
 from chexdino.transforms import AugmentConfig, apply_augment, augment_params
 
 log = logging.getLogger(__name__)
+# The source of every module training runs: resuming across a code change would splice two
+# different trajectories, so such checkpoints are not resumed.
+TRAINING_CODE = code_fingerprint(("train",))
 
 RESUME_SAFE_KEYS = frozenset({"keep_last", "keep_best", "log_every", "data_on_device",
                               "compile", "compile_mode", "device"})
@@ -352,6 +355,7 @@ class Trainer:
         payload.update({
             "optimizer": self.optimizer.state_dict(),
             "train_config": asdict(self.cfg),
+            "code": TRAINING_CODE,
             "log_rows": list(self.log_rows),
             "val_rows": list(self.val_rows),
         })
@@ -417,9 +421,9 @@ class Trainer:
     def resume(self) -> None:
         """Load the newest readable step checkpoint, if any (a corrupt one is reported, skipped).
 
-        Checkpoints written under other settings (Snakemake reruns training when a setting
-        changes) belong to another run: they are deleted, with a warning, and training starts
-        from step 0.
+        Checkpoints written under other settings or by other training code (Snakemake reruns
+        training when a setting or a module it runs changes) belong to another run: they are
+        deleted, with a warning, and training starts from step 0.
         """
         for path in reversed(self._step_checkpoints()):
             try:
@@ -450,6 +454,8 @@ class Trainer:
         changed = [k for k in now if k not in RESUME_SAFE_KEYS and saved.get(k) != now[k]]
         if ckpt.get("model_config") != self.model_cfg.to_dict():
             changed.append("model")
+        if ckpt.get("code") != TRAINING_CODE:
+            changed.append("training code")
         return changed
 
     def write_tables(self, best_step: int | None = None) -> None:

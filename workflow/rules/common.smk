@@ -4,6 +4,7 @@ import os
 import shlex
 
 from chexdino.config import validate_config
+from chexdino.provenance import module_closure
 
 # Schema plus cross-key and file checks; every problem is named by its dotted key.
 validate_config(
@@ -25,6 +26,12 @@ wildcard_constraints:
 def as_json(value):
     """A config section as one shell-quoted JSON argument for a chexdino subcommand."""
     return shlex.quote(json.dumps(value, sort_keys=True))
+
+
+def stage_code(module):
+    """Source files a stage runs (its chexdino module and what that imports), as inputs:
+    editing one reruns the stage and everything downstream of it."""
+    return [str(path) for path in module_closure(module)]
 
 
 def eval_sets():

@@ -3,6 +3,7 @@
 
 rule evaluate:
     input:
+        code=stage_code("evaluate"),
         model=f"{R}/train/best.pt",
         checkpoints=f"{R}/train/checkpoints.json",
         cxr=eval_store,

@@ -3,6 +3,7 @@
 
 rule image_shard:
     input:
+        code=stage_code("images"),
         manifest=f"{R}/{{dataset}}/manifest.csv",
     output:
         h5=f"{R}/{{dataset}}/shards/{{scatteritem}}.h5",
@@ -22,6 +23,7 @@ rule image_shard:
 
 rule gather_images:
     input:
+        code=stage_code("h5store"),
         h5=gather.images(f"{R}/{{{{dataset}}}}/shards/{{scatteritem}}.h5"),
         rejects=gather.images(f"{R}/{{{{dataset}}}}/shards/{{scatteritem}}.rejects.csv"),
     output:

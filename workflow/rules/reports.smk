@@ -5,6 +5,7 @@
 # selection then reruns the image stages only (tokens join impressions by study_id).
 rule impressions:
     input:
+        code=stage_code("reports"),
         split=config["mimic"]["split_csv"],
     output:
         impressions=f"{R}/mimic/impressions.csv",
@@ -22,6 +23,7 @@ rule impressions:
 
 rule tokens:
     input:
+        code=stage_code("tokens"),
         cxr=f"{R}/mimic/cxr.h5",
         impressions=f"{R}/mimic/impressions.csv",
     output:

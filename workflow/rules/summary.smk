@@ -3,6 +3,7 @@
 
 rule dataset_summary:
     input:
+        code=stage_code("summary"),
         manifest=f"{R}/mimic/manifest.csv",
         select_rejects=f"{R}/mimic/select_rejects.csv",
         cxr=f"{R}/mimic/cxr.h5",
@@ -39,6 +40,7 @@ rule dataset_summary:
 
 rule run_summary:
     input:
+        code=stage_code("provenance"),
         dataset=f"{R}/mimic/dataset_summary.json",
         checkpoints=f"{R}/train/checkpoints.json",
         scorecards=expand(f"{R}/eval/{{evalset}}/summary.json", evalset=eval_sets()),

@@ -9,6 +9,7 @@ signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 rule train:
     input:
+        code=stage_code("train"),
         cxr=f"{R}/mimic/cxr.h5",
         tokens=f"{R}/mimic/tokens.h5",
     output:
@@ -39,6 +40,7 @@ rule train:
 
 rule plot_training:
     input:
+        code=stage_code("plots"),
         metrics=f"{R}/train/metrics.csv",
         validation=f"{R}/train/validation.csv",
     output:
