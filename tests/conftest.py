@@ -50,6 +50,29 @@ def small_demo(tmp_path_factory):
     return root, summary
 
 
+def demo_run_config(small_demo, results, tiny_training: bool = True) -> dict:
+    """Config overlay running the workflow on ``small_demo`` into ``results``.
+
+    With ``tiny_training``: 4 training steps at batch 8 and 32 px, 20 bootstrap resamples.
+    """
+    root, _ = small_demo
+    m = root / "mimic"
+    cfg = {
+        "results": str(results),
+        "mimic": {"image_root": str(m), "report_root": str(m), "image_suffix": ".dcm",
+                  "split_csv": str(m / "mimic-cxr-2.0.0-split.csv.gz"),
+                  "metadata_csv": str(m / "mimic-cxr-2.0.0-metadata.csv.gz"),
+                  "chexpert_csv": str(m / "mimic-cxr-2.0.0-chexpert.csv.gz")},
+        "chexpert_test": {"groundtruth_csv": str(root / "chexpert" / "groundtruth.csv"),
+                          "image_root": str(root / "chexpert" / "CheXpert-v1.0")},
+    }
+    if tiny_training:
+        cfg["train"] = {"steps": 4, "batch_size": 8, "val_every": 2, "ckpt_every": 2,
+                        "log_every": 1, "input_size": 32}
+        cfg["evaluate"] = {"bootstrap": 20}
+    return cfg
+
+
 WORDS = ["cardiomegaly", "pleural effusion", "edema", "consolidation", "atelectasis"]
 
 

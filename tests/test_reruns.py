@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from chexdino import LABELS
+from conftest import demo_run_config
 
 REPO = Path(__file__).resolve().parents[1]
 PREPROCESSING = ("select_mimic", "select_chexpert_test", "image_shard", "gather_images",
@@ -67,18 +68,9 @@ def write_overlay(path: Path, settings: dict) -> Path:
 @pytest.fixture(scope="module")
 def preprocessed(small_demo, tmp_path_factory) -> tuple[Path, list[str]]:
     """The real preprocessing DAG run once; returns (results dir, config-file arguments)."""
-    root, _ = small_demo
     results = tmp_path_factory.mktemp("rerun-results")
-    m = root / "mimic"
-    overlay = write_overlay(results / "overlay.yaml", {
-        "results": str(results),
-        "mimic": {"image_root": str(m), "report_root": str(m), "image_suffix": ".dcm",
-                  "split_csv": str(m / "mimic-cxr-2.0.0-split.csv.gz"),
-                  "metadata_csv": str(m / "mimic-cxr-2.0.0-metadata.csv.gz"),
-                  "chexpert_csv": str(m / "mimic-cxr-2.0.0-chexpert.csv.gz")},
-        "chexpert_test": {"groundtruth_csv": str(root / "chexpert" / "groundtruth.csv"),
-                          "image_root": str(root / "chexpert" / "CheXpert-v1.0")},
-    })
+    overlay = write_overlay(results / "overlay.yaml",
+                            demo_run_config(small_demo, results, tiny_training=False))
     configs = ["--configfile", "config.yaml", "tests/demo/config.yaml", str(overlay)]
     snakemake(str(results / "mimic" / "dataset_summary.json"),
               str(results / "chexpert_test" / "cxr.h5"), *configs)

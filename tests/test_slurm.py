@@ -24,6 +24,8 @@ import h5py
 import pytest
 import yaml
 
+from conftest import demo_run_config
+
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "profiles" / "slurm"
 CLUSTER_SH = REPO / "tests" / "slurm" / "cluster.sh"
@@ -160,21 +162,8 @@ def snakemake(args: list[str], env: dict, timeout: int = 600) -> subprocess.Comp
 
 
 def overlay_config(small_demo, results: Path, **changes) -> Path:
-    """The small demo data, tiny training (the same overlay as tests/test_workflow.py)."""
-    root, _ = small_demo
-    m = root / "mimic"
-    cfg = {
-        "results": str(results),
-        "mimic": {"image_root": str(m), "report_root": str(m), "image_suffix": ".dcm",
-                  "split_csv": str(m / "mimic-cxr-2.0.0-split.csv.gz"),
-                  "metadata_csv": str(m / "mimic-cxr-2.0.0-metadata.csv.gz"),
-                  "chexpert_csv": str(m / "mimic-cxr-2.0.0-chexpert.csv.gz")},
-        "chexpert_test": {"groundtruth_csv": str(root / "chexpert" / "groundtruth.csv"),
-                          "image_root": str(root / "chexpert" / "CheXpert-v1.0")},
-        "train": {"steps": 4, "batch_size": 8, "val_every": 2, "ckpt_every": 2,
-                  "log_every": 1, "input_size": 32},
-        "evaluate": {"bootstrap": 20},
-    }
+    """The small demo data with tiny training (conftest.demo_run_config), plus ``changes``."""
+    cfg = demo_run_config(small_demo, results)
     for section, values in changes.items():
         cfg[section].update(values)
     results.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,8 @@ import pytest
 import torch
 import yaml
 
+from conftest import demo_run_config
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -32,21 +34,8 @@ def snakemake(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def overlay(small_demo, tmp_path_factory) -> Path:
     """Demo config pointed at the small dataset, with a few training steps."""
-    root, _ = small_demo
     results = tmp_path_factory.mktemp("results")
-    m = root / "mimic"
-    cfg = {
-        "results": str(results),
-        "mimic": {"image_root": str(m), "report_root": str(m), "image_suffix": ".dcm",
-                  "split_csv": str(m / "mimic-cxr-2.0.0-split.csv.gz"),
-                  "metadata_csv": str(m / "mimic-cxr-2.0.0-metadata.csv.gz"),
-                  "chexpert_csv": str(m / "mimic-cxr-2.0.0-chexpert.csv.gz")},
-        "chexpert_test": {"groundtruth_csv": str(root / "chexpert" / "groundtruth.csv"),
-                          "image_root": str(root / "chexpert" / "CheXpert-v1.0")},
-        "train": {"steps": 4, "batch_size": 8, "val_every": 2, "ckpt_every": 2,
-                  "log_every": 1, "input_size": 32},
-        "evaluate": {"bootstrap": 20},
-    }
+    cfg = demo_run_config(small_demo, results)
     path = results / "overlay.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
