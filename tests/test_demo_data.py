@@ -329,7 +329,7 @@ def test_report_shapes_vary_and_name_the_labels():
 @pytest.mark.parametrize("label,signs,area", [
     ("Cardiomegaly", StudySigns(cardiomegaly=1.0, ctr=0.65), 0.01),
     ("Pleural Effusion", StudySigns(effusion=1.0, effusion_sides=(LEFT,)), 0.01),
-    ("Consolidation", StudySigns(consolidation=1.0, consolidation_side=RIGHT), 0.005),
+    ("Consolidation", StudySigns(consolidation=1.0, consolidation_side=RIGHT), 0.01),
     ("Edema", StudySigns(edema=1.0), 0.01),
     ("Atelectasis", StudySigns(atelectasis=1.0, atelectasis_sides=(RIGHT,)), 0.01),
 ])
@@ -343,7 +343,7 @@ def test_each_competition_sign_is_visible_at_96_px(label, signs, area):
         sign = render_frontal(np.random.default_rng(seed), 480, 400, signs)
         diff = np.abs(at96(sign) - at96(plain))
         changed = (diff > 0.15).mean()
-        assert changed > area, (label, changed)  # 0.5-1 % of 96x96 = 46-92 pixels
+        assert changed > area, (label, changed)  # 1 % of 96x96 = 92 pixels
         assert (at96(sign) - at96(plain)).mean() > 0, label  # signs add density
 
 

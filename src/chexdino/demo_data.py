@@ -368,7 +368,7 @@ def _draw_signs(rng, cv, signs, body, lungs, lung_uc, lung_ru, dome_top, dome_k,
     if signs.consolidation > 0:
         side = signs.consolidation_side
         lat_w = 2 * lung_ru
-        rad = jit(0.15, 0.19) * lat_w
+        rad = jit(0.24, 0.30) * lat_w  # lobar, several times a nodule: the two must differ
         lo, hi = (-0.5, -0.28) if signs.consolidation_zone == "upper" else (-0.26, -0.06)
         cu, cvv = lung_uc[side], 0.5 * (lo + hi)
         for _ in range(64):
