@@ -83,6 +83,26 @@ def test_two_process_gradients_equal_one_process(tiny_store, tmp_path, tiny_mode
             assert torch.allclose(got["grads"][name], grad, atol=1e-6, rtol=1e-4), name
 
 
+@pytest.mark.slow
+def test_compiled_two_process_step_equals_the_eager_one(tiny_store, tmp_path, tiny_model_cfg):
+    """torch.compile around the DDP model and the gradient-carrying all-gather (inductor on
+    CPU, gloo) gives the eager step's loss and gradients: the multi-GPU benchmark's compiled
+    path is sound before any GPU time is spent on it."""
+    results = {}
+    for mode in ("eager", "compiled"):
+        out = tmp_path / mode
+        out.mkdir()
+        spawn(2, {**base_args(tiny_store, out, tiny_model_cfg, compile=mode == "compiled"),
+                  "mode": "grads"})
+        results[mode] = [torch.load(out / f"grads{rank}.pt", weights_only=True)
+                         for rank in (0, 1)]
+    for eager, compiled in zip(results["eager"], results["compiled"], strict=True):
+        assert torch.allclose(compiled["loss"], eager["loss"], atol=1e-5)
+        assert set(compiled["grads"]) == set(eager["grads"])
+        for name, grad in eager["grads"].items():
+            assert torch.allclose(compiled["grads"][name], grad, atol=1e-4, rtol=1e-3), name
+
+
 def test_two_process_run_and_resume_across_world_sizes(tiny_store, tmp_path, tiny_model_cfg):
     """A 2-process run checkpoints; 1 process resumes it; weights match a 1-process run."""
     reference = make_trainer(tiny_store, tmp_path / "ref", tiny_model_cfg, steps=6)
