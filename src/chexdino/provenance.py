@@ -47,12 +47,16 @@ def module_closure(*modules: str) -> list[Path]:
         name = todo.pop()
         if name in seen:
             continue
-        path = PACKAGE_DIR / ("__init__.py" if name == "__init__" else f"{name}.py")
+        path = _module_file(name)
         if not path.is_file():
             raise ValueError(f"chexdino has no module {name!r} ({path} not found)")
         seen.add(name)
         todo.extend(_imported_modules(path) - seen - {"cli"})
-    return [PACKAGE_DIR / ("__init__.py" if n == "__init__" else f"{n}.py") for n in sorted(seen)]
+    return [_module_file(name) for name in sorted(seen)]
+
+
+def _module_file(name: str) -> Path:
+    return PACKAGE_DIR / f"{name}.py"
 
 
 def _imported_modules(path: Path) -> set[str]:
@@ -72,7 +76,7 @@ def _imported_modules(path: Path) -> set[str]:
             if parts[0] != "chexdino":
                 continue
             sub = parts[1] if len(parts) > 1 else "__init__"
-            found.add(sub if (PACKAGE_DIR / f"{sub}.py").is_file() else "__init__")
+            found.add(sub if _module_file(sub).is_file() else "__init__")
     return found
 
 
