@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from chexdino.distributed import World, local_slice, world_from_env
+from chexdino.distributed import DataParallelOptions, World, local_slice, world_from_env
 from chexdino.train import Trainer
 from test_train import make_trainer, train_cfg
 
@@ -31,7 +31,8 @@ def _worker(rank: int, world: int, port: int, args: dict) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer = Trainer(args["cxr"], args["tokens"], args["out"], args["model"],
-                          args["train"], {"bootstrap": 0})
+                          args["train"], {"bootstrap": 0},
+                          parallel=DataParallelOptions(strategy=args.get("strategy", "ddp")))
     if args["mode"] == "grads":
         trainer.model.train()
         loss = trainer.train_step(0)
@@ -67,14 +68,18 @@ def test_world_from_env_reads_torchrun_then_slurm():
         local_slice(World(0, 3), 64)
 
 
-def test_two_process_gradients_equal_one_process(tiny_store, tmp_path, tiny_model_cfg):
-    """Global batch 8 as 2 x 4 with gathered features: same loss, same gradients."""
+@pytest.mark.parametrize("strategy", ["ddp", "flat"])
+def test_two_process_gradients_equal_one_process(tiny_store, tmp_path, tiny_model_cfg,
+                                                 strategy):
+    """Global batch 8 as 2 x 4 with gathered features: same loss, same gradients, whether
+    DDP's reducer or one flat all-reduce averages them."""
     one = make_trainer(tiny_store, tmp_path / "one", tiny_model_cfg)
     one.model.train()
     loss_one = one.train_step(0)
     grads_one = {n: p.grad for n, p in one.model.named_parameters() if p.grad is not None}
     (tmp_path / "two").mkdir()
-    spawn(2, {**base_args(tiny_store, tmp_path / "two", tiny_model_cfg), "mode": "grads"})
+    spawn(2, {**base_args(tiny_store, tmp_path / "two", tiny_model_cfg), "mode": "grads",
+              "strategy": strategy})
     for rank in (0, 1):
         got = torch.load(tmp_path / "two" / f"grads{rank}.pt", weights_only=True)
         assert torch.allclose(got["loss"], loss_one, atol=1e-6)

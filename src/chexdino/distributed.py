@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclass(frozen=True)
@@ -70,10 +72,83 @@ def local_slice(world: World, batch_size: int) -> slice:
     return slice(world.rank * per_rank, (world.rank + 1) * per_rank)
 
 
-def gather_with_grad(features: torch.Tensor, world: World) -> torch.Tensor:
-    """Concatenate every rank's features in rank order; gradients flow back to their owner."""
+@dataclass(frozen=True)
+class DataParallelOptions:
+    """How gradients are averaged over ranks (DDP settings); the defaults are the fast path.
+
+    ``bucket_cap_mb``: DDP all-reduces gradients in buckets of this size while the backward
+    pass still runs, and under ``torch.compile`` it splits the graph at bucket boundaries so
+    that this overlap survives; few large buckets keep the CUDA graphs few and large.
+    ``broadcast_buffers`` is off: every rank builds the same buffers and none is trained, so
+    the per-step broadcast DDP would otherwise issue is pure cost.
+    """
+
+    strategy: str = "ddp"
+    bucket_cap_mb: float = 25.0
+    gradient_as_bucket_view: bool = True
+    broadcast_buffers: bool = False
+    functional_gather: bool = True
+
+
+class FlatGradientMean:
+    """Every gradient averaged over ranks in one all-reduce of one flat buffer.
+
+    The alternative to DDP's per-bucket reducer: after the backward pass the gradients are
+    copied into one persistent buffer (a few batched copy kernels), averaged in a single
+    collective, and handed back to the parameters as views of it. No per-parameter host work
+    runs between the backward graph and the collective.
+    """
+
+    def __init__(self, model: nn.Module, world: World):
+        self.world = world
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        first = self.params[0]
+        self.flat = torch.empty(sum(p.numel() for p in self.params), dtype=first.dtype,
+                                device=first.device)
+        self.views = [v.view_as(p) for v, p in zip(
+            self.flat.split([p.numel() for p in self.params]), self.params, strict=True)]
+        self.average_in_collective = dist.get_backend() == "nccl"
+
+    def __call__(self) -> None:
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        torch.cat([g.reshape(-1) for g in grads], out=self.flat)
+        if self.average_in_collective:
+            dist.all_reduce(self.flat, op=dist.ReduceOp.AVG)
+        else:  # gloo has no AVG
+            dist.all_reduce(self.flat)
+            self.flat.div_(self.world.size)
+        for param, view in zip(self.params, self.views, strict=True):
+            param.grad = view
+
+
+def wrap_data_parallel(model: nn.Module, world: World, device: torch.device,
+                       options: DataParallelOptions | None = None) -> nn.Module:
+    """``model`` itself for one process (or the flat strategy), else DDP over the group."""
+    options = options or DataParallelOptions()
+    if not world.distributed or options.strategy == "flat":
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids,
+                                   bucket_cap_mb=options.bucket_cap_mb,
+                                   gradient_as_bucket_view=options.gradient_as_bucket_view,
+                                   broadcast_buffers=options.broadcast_buffers)
+
+
+def gather_with_grad(features: torch.Tensor, world: World, functional: bool = True
+                     ) -> torch.Tensor:
+    """Concatenate every rank's features in rank order; gradients flow back to their owner.
+
+    The functional collective is traced by ``torch.compile`` into the step's graph (its
+    backward is a sum reduce-scatter); ``torch.distributed.nn``'s autograd function would
+    break the graph in two.
+    """
     if not world.distributed:
         return features
+    if functional:
+        from torch.distributed._functional_collectives import all_gather_tensor_autograd
+
+        return all_gather_tensor_autograd(features.contiguous(), gather_dim=0,
+                                          group=dist.group.WORLD)
     from torch.distributed.nn.functional import all_gather
 
     return torch.cat(all_gather(features.contiguous()), dim=0)
