@@ -74,7 +74,11 @@ def local_slice(world: World, batch_size: int) -> slice:
 
 @dataclass(frozen=True)
 class DataParallelOptions:
-    """How gradients are averaged over ranks (DDP settings); the defaults are the fast path.
+    """How gradients are averaged over ranks; the defaults are the fast path.
+
+    ``strategy``: ``flat`` (one all-reduce of every gradient after the backward pass:
+    3,129 img/s at global batch 64 on 2 x H200) or ``ddp`` (DDP's bucketed reducer:
+    2,961 with one bucket in the same run; 1,318 with DDP's defaults in an earlier run).
 
     ``bucket_cap_mb``: DDP all-reduces gradients in buckets of this size while the backward
     pass still runs, and under ``torch.compile`` it splits the graph at bucket boundaries so
@@ -83,7 +87,7 @@ class DataParallelOptions:
     the per-step broadcast DDP would otherwise issue is pure cost.
     """
 
-    strategy: str = "ddp"
+    strategy: str = "flat"
     bucket_cap_mb: float = 25.0
     gradient_as_bucket_view: bool = True
     broadcast_buffers: bool = False

@@ -1,0 +1,84 @@
+"""A full-length training run through the real command the train rule runs.
+
+Writes a learnable synthetic store, then runs ``chexdino train`` with config.yaml's train,
+model-size and prompt settings (random initialisation, nothing downloaded):
+
+    python bench/full_run.py --work /tmp/full --nproc 2 --stop-after 330   # stops (USR1)
+    python bench/full_run.py --work /tmp/full --nproc 2                    # resumes, ends
+
+``--stop-after`` sends SLURM's wall-time signal (USR1) to the training processes after that
+many seconds, as the cluster would; the second command resumes from the checkpoint.
+Prints the wall time of each command; the run's metrics.csv / validation.csv stay in --work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+def rule_arguments(work: Path, store: Path, nproc: int) -> list[str]:
+    """The train rule's command line, its JSON arguments built from config.yaml."""
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    model = config["model"]
+    model["vision"].update(random_init=True, weights=None)
+    model["text"].update(random_init=True, weights=None)
+    keys = ("positive_templates", "negative_templates", "prompt_overrides")
+    prompts = {k: config["evaluate"][k] for k in keys}
+    return [sys.executable, "-m", "chexdino.cli", "train", "--cxr", str(store / "cxr.h5"),
+            "--tokens", str(store / "tokens.h5"), "--out-dir", str(work / "train"),
+            "--model", json.dumps(model), "--train", json.dumps(config["train"]),
+            "--evaluate", json.dumps(prompts), "--nproc", str(nproc)]
+
+
+def signal_trainers(launcher: subprocess.Popen, nproc: int) -> None:
+    """USR1 to the training processes (torchrun's children when it launched them)."""
+    if nproc == 1:
+        launcher.send_signal(signal.SIGUSR1)
+        return
+    children = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True,
+                              text=True).stdout.split()
+    for pid in children:
+        os.kill(int(pid), signal.SIGUSR1)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--work", type=Path, required=True)
+    p.add_argument("--nproc", type=int, default=1)
+    p.add_argument("--train-images", type=int, default=30_000)
+    p.add_argument("--val-images", type=int, default=5_000)
+    p.add_argument("--stop-after", type=float, default=0)
+    args = p.parse_args()
+    store = args.work / "store"
+    if not (store / "tokens.h5").exists():
+        from synthetic import make_store
+
+        make_store(store, args.train_images, args.val_images)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+    t0 = time.perf_counter()
+    launcher = subprocess.Popen(rule_arguments(args.work, store, args.nproc), env=env)
+    if args.stop_after:
+        try:
+            launcher.wait(timeout=args.stop_after)
+        except subprocess.TimeoutExpired:
+            signal_trainers(launcher, args.nproc)
+    code = launcher.wait()
+    print(f"chexdino train exited {code} after {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
