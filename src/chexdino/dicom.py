@@ -13,11 +13,16 @@ and only then looked up, so the full frame is read a few times as uint16 and nev
 (a 3056x2544 12-bit film to 320x320: ~62 -> ~15 ms on one core, docs/performance.md).
 
 Anything that prevents a faithful picture raises :class:`~chexdino.errors.ImageReadError`
-with a short reason for the reject table; nothing is ever replaced by a zero image.
+with a short reason for the reject table; nothing is ever replaced by a zero image. That
+includes files a decoder would turn into a *plausible* picture: native pixel data longer than
+the header's size (a sheared or cropped film), non-finite rescale or window values (an
+all-black film), and frames larger than ``max_frame_pixels``, refused before any decoder
+allocates them.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +31,7 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.pixels.processing import apply_voi, apply_windowing
 
@@ -36,6 +42,11 @@ _FAR = 1e30  # a modality value outside any real window: windowing it gives the 
 SAMPLE_EVERY = 16  # block rows checked before trusting averaged-first lookups (~1 ms)
 OFF_GREY_LEVELS = 4  # in that check, a reduced pixel further off than this is wrong ...
 MAX_OFF_SHARE = 0.001  # ... and averaging first is kept while at most this share is
+MAX_FRAME_PIXELS = 100_000_000
+"""Default of ``images.max_frame_pixels``: 10,000 x 10,000, five times the largest flat-panel
+detector (~4,300 x 4,300). A header claiming more is refused before decoding: decoders
+allocate the claimed frame first, so a 4 KB RLE file claiming 60,000 x 60,000 costs ~7 GB."""
+LUT_ATTRIBUTES = ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth")
 
 
 @dataclass(frozen=True)
@@ -53,15 +64,17 @@ class ReducedFilm:
     factor: int
 
 
-def read_dicom(path: Path) -> np.ndarray:
+def read_dicom(path: Path, max_frame_pixels: int = MAX_FRAME_PIXELS) -> np.ndarray:
     """Return the display image of a single-frame greyscale DICOM as uint8 (bright = dense).
 
     Raises ImageReadError (with the reason) for anything that is not such a file.
     """
-    return read_dicom_reduced(path, min_long_side=0).image
+    return read_dicom_reduced(path, min_long_side=0, max_frame_pixels=max_frame_pixels).image
 
 
-def read_dicom_reduced(path: Path, min_long_side: int) -> ReducedFilm:
+def read_dicom_reduced(
+    path: Path, min_long_side: int, max_frame_pixels: int = MAX_FRAME_PIXELS
+) -> ReducedFilm:
     """The display image reduced by the largest integer factor that keeps its long side at
     least ``min_long_side`` (0: full resolution), for a film that will be resized anyway.
 
@@ -75,6 +88,9 @@ def read_dicom_reduced(path: Path, min_long_side: int) -> ReducedFilm:
     ds = _read_dataset(path)
     try:
         _check_one_greyscale_frame(path, ds)
+        _check_frame_size(path, ds, max_frame_pixels)
+        _check_pixel_data_length(path, ds)
+        _check_finite_lut_attributes(path, ds)
     except ImageReadError:
         raise
     except Exception as exc:  # pydicom parses elements lazily: a corrupt one fails here
@@ -89,6 +105,7 @@ def read_dicom_reduced(path: Path, min_long_side: int) -> ReducedFilm:
         image = _display_image(stored, ds, low, high, factor)
     except Exception as exc:  # malformed LUT / window attributes
         raise ImageReadError(path, f"invalid Modality/VOI LUT attributes: {_short(exc)}") from exc
+    _check_not_flat(path, image, ds, low, high)
     return ReducedFilm(image, (int(stored.shape[0]), int(stored.shape[1])), factor)
 
 
@@ -140,6 +157,51 @@ def _check_one_greyscale_frame(path: Path, ds: Dataset) -> None:
         )
 
 
+def _check_frame_size(path: Path, ds: Dataset, max_frame_pixels: int) -> None:
+    """Refuse a frame larger than the limit from its header alone, before any decoder runs."""
+    rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    if rows * cols > max_frame_pixels:
+        raise ImageReadError(
+            path,
+            f"frame of {rows} x {cols} pixels is larger than images.max_frame_pixels "
+            f"({max_frame_pixels:,}); refused before decoding",
+        )
+
+
+def _check_pixel_data_length(path: Path, ds: Dataset) -> None:
+    """Native pixel data must not be longer than Rows x Columns x samples x bytes (plus the
+    one pad byte to an even length). Longer data means the header's size is wrong, and the
+    decoder would silently drop the excess as "padding": a sheared or cropped film.
+    """
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None or syntax.is_encapsulated:
+        return  # a compressed frame's size is checked by its decoder
+    rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    samples = int(ds.get("SamplesPerPixel") or 1)
+    bits = int(ds.get("BitsAllocated") or 0)
+    expected = math.ceil(rows * cols * samples * bits / 8)
+    actual = len(ds.PixelData)
+    if actual > expected + expected % 2:
+        raise ImageReadError(
+            path,
+            f"pixel data is longer than the header says ({actual:,} bytes; Rows x Columns "
+            f"{rows} x {cols} at {bits} bits needs {expected:,}): the header's image size is "
+            "wrong",
+        )
+
+
+def _check_finite_lut_attributes(path: Path, ds: Dataset) -> None:
+    """NaN or infinite rescale / window values would window every pixel to black."""
+    for keyword in LUT_ATTRIBUTES:
+        value = ds.get(keyword)
+        if value is None:
+            continue
+        values = list(value) if isinstance(value, MultiValue) else [value]
+        for item in values:
+            if not math.isfinite(float(item)):
+                raise ImageReadError(path, f"non-finite {keyword} ({item}) in the header")
+
+
 def _decode_stored_pixels(path: Path, ds: Dataset) -> np.ndarray:
     """Decompress the stored values; name the transfer syntax when no decoder can.
 
@@ -184,6 +246,29 @@ def _check_not_blank(path: Path, stored: np.ndarray, low: float, high: float) ->
     """A constant frame carries no picture: reject it instead of storing a flat image."""
     if low == high:
         raise ImageReadError(path, f"blank image: every pixel has the value {stored.flat[0]}")
+
+
+def _check_not_flat(
+    path: Path, image: np.ndarray, ds: Dataset, low: float, high: float
+) -> None:
+    """A film whose display image is one grey level is blank to the model: reject it, saying
+    which part of the header put every pixel there."""
+    if image.min() != image.max():
+        return
+    level = int(image.flat[0])
+    if _has_voi_lut(ds):
+        cause = "the VOI LUT maps every stored value to it"
+    elif _has_window(ds):
+        center, width = (_first(ds.get(k)) for k in ("WindowCenter", "WindowWidth"))
+        cause = (f"the window (center {center}, width {width}) lies outside the film's "
+                 f"values (stored {low:g}..{high:g}, before rescale)")
+    else:
+        cause = "the rescale maps every stored value to it"
+    raise ImageReadError(path, f"blank display: every pixel shows grey level {level}; {cause}")
+
+
+def _first(value: object) -> object:
+    return value[0] if isinstance(value, MultiValue) else value
 
 
 def _clear_unused_bits(stored: np.ndarray, ds: Dataset) -> tuple[np.ndarray, float, float]:
@@ -309,11 +394,20 @@ def _display_values(values: np.ndarray, ds: Dataset) -> np.ndarray:
     """Stored values -> uint8 display values. ``values`` spans the frame's range (the frame
     itself, or every integer from its min to its max): that range is the window when the file
     gives none."""
-    modality = apply_modality_lut(values, ds)
+    with np.errstate(over="ignore", invalid="ignore"):
+        modality = apply_modality_lut(values, ds)
+    if modality.dtype.kind == "f" and not np.isfinite(modality).all():
+        raise ValueError(
+            f"rescale gives non-finite values (RescaleSlope {ds.get('RescaleSlope')}, "
+            f"RescaleIntercept {ds.get('RescaleIntercept')})"
+        )
     if _has_voi_lut(ds) and modality.dtype.kind == "f":
         modality = np.rint(modality).astype(np.int64)  # a VOI LUT is indexed by integers
     low, high = _voi_output_range(ds, modality)
-    voi = apply_voi_lut(modality, ds, index=0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        voi = apply_voi_lut(modality, ds, index=0)
+    if not (np.isfinite(low) and np.isfinite(high) and np.isfinite(voi).all()):
+        raise ValueError("the window or VOI LUT gives non-finite values")
     if high <= low:
         raise ValueError("all pixels map to one display value")
     fraction = np.clip((voi.astype(np.float32) - np.float32(low)) / np.float32(high - low), 0, 1)
