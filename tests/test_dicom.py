@@ -569,3 +569,74 @@ def test_frame_size_limit_is_a_setting(tmp_path: Path):
     Image.fromarray(smooth_picture(96, 80, top=255).astype(np.uint8)).save(jpg)
     with pytest.raises(ImageReadError, match="larger than images.max_frame_pixels"):
         load_cxr(jpg, 32, max_frame_pixels=1000)
+
+
+# --- reasons that say what is wrong -----------------------------------------------------------
+
+
+def test_missing_photometric_interpretation_is_not_called_colour(tmp_path: Path):
+    path = write_dicom(tmp_path / "film.dcm", smooth_picture(), bits_stored=12)
+    ds = dcmread(path)
+    del ds.PhotometricInterpretation
+    ds.save_as(path)
+    with pytest.raises(ImageReadError) as caught:
+        read_dicom(path)
+    assert caught.value.reason.startswith("PhotometricInterpretation missing")
+    assert "colour" not in caught.value.reason
+
+
+@pytest.mark.parametrize("name", ["RG1_J2KR.dcm", "MR_small_RLE.dcm", "JPEG-LL.dcm"])
+def test_truncated_compressed_stream_is_called_truncated(tmp_path: Path, name: str):
+    raw = Path(corpus(name)).read_bytes()
+    cut = tmp_path / name
+    cut.write_bytes(raw[: int(len(raw) * 0.7)])  # inside the encapsulated pixel data
+    with pytest.raises(ImageReadError) as caught:
+        read_dicom(cut)
+    assert caught.value.reason == (
+        "truncated file: it ends inside its compressed pixel data (or a sequence)")
+
+
+@pytest.mark.parametrize(
+    ("name", "rows", "cols", "decoded"),
+    [
+        ("JPEG-LL.dcm", 2048, 512, 262144),  # real JPEG lossless, 1024 x 256, header doubled
+        ("RG1_J2KR.dcm", 1952, 1841, 3599155),  # real JPEG 2000 chest, 3 rows short
+        ("MR_small_jpeg_ls_lossless.dcm", 128, 128, 4096),
+    ],
+)
+def test_header_size_that_disagrees_with_compressed_data_is_named(
+    tmp_path: Path, name: str, rows: int, cols: int, decoded: int
+):
+    path = rewrite_header(corpus(name), tmp_path / name, Rows=rows, Columns=cols)
+    with pytest.raises(ImageReadError) as caught:
+        read_dicom(path)
+    reason = caught.value.reason
+    assert f"header's image size (Rows x Columns {rows} x {cols}) does not match" in reason
+    assert f"decodes to {decoded:,} values" in reason
+    assert "broadcast" not in reason
+
+
+def test_rle_header_smaller_than_its_data_is_a_reject_not_a_crash(tmp_path: Path):
+    # pylibjpeg-rle panics (a BaseException from Rust) on this file: the shard must go on
+    path = rewrite_header(corpus("MR_small_RLE.dcm"), tmp_path / "rle.dcm", Rows=61)
+    with pytest.raises(ImageReadError, match="decoder crashed .*header image size \\(61 x 64\\)"):
+        read_dicom(path)
+
+
+def without_preamble(source: str, path: Path) -> Path:
+    """The dataset of a real file written as before DICOM 3.0: no preamble, no 'DICM', no
+    file meta group, implicit VR little endian."""
+    ds = dcmread(source)
+    del ds.file_meta
+    ds.preamble = None
+    ds.save_as(path, implicit_vr=True, little_endian=True)
+    assert path.read_bytes()[128:132] != b"DICM"
+    return path
+
+
+def test_old_file_without_preamble_is_read(tmp_path: Path):
+    path = without_preamble(corpus("MR_small.dcm"), tmp_path / "old.dcm")
+    np.testing.assert_array_equal(read_dicom(path), read_dicom(corpus("MR_small.dcm")))
+    # a real file of that kind from the corpus is read too (and rejected for being colour)
+    with pytest.raises(ImageReadError, match="colour image .*PALETTE COLOR"):
+        read_dicom(corpus("OT-PAL-8-face.dcm"))

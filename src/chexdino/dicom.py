@@ -23,21 +23,25 @@ allocates them.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from pydicom import dcmread
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.pixels.processing import apply_voi, apply_windowing
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from chexdino.errors import ImageReadError
 
 GREYSCALE = ("MONOCHROME1", "MONOCHROME2")
+COLOUR = ("RGB", "PALETTE COLOR", "YBR_FULL", "YBR_FULL_422", "YBR_PARTIAL_420", "YBR_ICT",
+          "YBR_RCT", "XYB", "HSV", "ARGB", "CMYK")
 _FAR = 1e30  # a modality value outside any real window: windowing it gives the range ends
 SAMPLE_EVERY = 16  # block rows checked before trusting averaged-first lookups (~1 ms)
 OFF_GREY_LEVELS = 4  # in that check, a reduced pixel further off than this is wrong ...
@@ -123,19 +127,59 @@ def reduction_factor(shape: tuple[int, ...], min_long_side: int) -> int:
 def _read_dataset(path: Path) -> Dataset:
     """Parse the file; pydicom's errors become reasons a person can act on."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # lenient-parsing chatter, once per file
-            return dcmread(path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # lenient-parsing chatter: kept, never printed
+            ds = dcmread(path)
     except FileNotFoundError as exc:
         raise ImageReadError(path, "file not found") from exc
     except InvalidDicomError as exc:
-        raise ImageReadError(path, "not a DICOM file (no 'DICM' preamble)") from exc
+        ds = _read_without_preamble(path)
+        if ds is None:
+            raise ImageReadError(path, "not a DICOM file (no 'DICM' preamble)") from exc
+        return ds
     except EOFError as exc:
         raise ImageReadError(path, "truncated file (ends inside the DICOM header)") from exc
     except OSError as exc:
         raise ImageReadError(path, f"cannot read file: {exc.strerror or exc}") from exc
     except Exception as exc:
         raise ImageReadError(path, f"unreadable DICOM header: {_short(exc)}") from exc
+    if "PixelData" not in ds and any(_UNDELIMITED in str(w.message) for w in caught):
+        # pydicom drops the whole dataset when the file ends inside an undefined-length
+        # element: for a film, the encapsulated (compressed) pixel data
+        raise ImageReadError(
+            path, "truncated file: it ends inside its compressed pixel data (or a sequence)"
+        )
+    return ds
+
+
+_UNDELIMITED = "End of file reached before delimiter"
+_ENCODINGS = {  # (implicit VR, little endian) -> the transfer syntax it means for native data
+    (True, True): ImplicitVRLittleEndian,
+    (False, True): ExplicitVRLittleEndian,
+    (False, False): ExplicitVRBigEndian,
+}
+
+
+def _read_without_preamble(path: Path) -> Dataset | None:
+    """An old file without the 128-byte preamble and 'DICM' (allowed before DICOM 3.0):
+    the dataset when it parses and holds pixel data, with its transfer syntax set from the
+    encoding pydicom detected; None for anything else (a text file, random bytes)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = dcmread(path, force=True)
+            if "PixelData" not in ds or "Rows" not in ds:
+                return None
+            encoding = ds.original_encoding
+    except Exception:
+        return None
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or "TransferSyntaxUID" not in meta:
+        if encoding not in _ENCODINGS:
+            return None
+        ds.file_meta = meta if meta is not None else FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = _ENCODINGS[encoding]
+    return ds
 
 
 def _check_one_greyscale_frame(path: Path, ds: Dataset) -> None:
@@ -149,12 +193,21 @@ def _check_one_greyscale_frame(path: Path, ds: Dataset) -> None:
         raise ImageReadError(path, f"multi-frame image ({frames} frames); expected one film")
     photometric = str(ds.get("PhotometricInterpretation", "")).strip()
     samples = int(ds.get("SamplesPerPixel") or 1)
-    if samples != 1 or photometric not in GREYSCALE:
+    if samples == 1 and photometric in GREYSCALE:
+        return
+    if samples != 1 or photometric in COLOUR:
         raise ImageReadError(
             path,
             f"colour image (PhotometricInterpretation {photometric or 'missing'}, "
             f"{samples} samples/pixel); expected MONOCHROME1/2",
         )
+    if not photometric:
+        raise ImageReadError(
+            path, "PhotometricInterpretation missing: cannot tell MONOCHROME1 from MONOCHROME2"
+        )
+    raise ImageReadError(
+        path, f"unsupported PhotometricInterpretation '{photometric}'; expected MONOCHROME1/2"
+    )
 
 
 def _check_frame_size(path: Path, ds: Dataset, max_frame_pixels: int) -> None:
@@ -185,8 +238,8 @@ def _check_pixel_data_length(path: Path, ds: Dataset) -> None:
         raise ImageReadError(
             path,
             f"pixel data is longer than the header says ({actual:,} bytes; Rows x Columns "
-            f"{rows} x {cols} at {bits} bits needs {expected:,}): the header's image size is "
-            "wrong",
+            f"{rows} x {cols} at {bits} bits needs {expected:,}): the header's image size or "
+            "bit depth is wrong",
         )
 
 
@@ -217,8 +270,10 @@ def _decode_stored_pixels(path: Path, ds: Dataset) -> np.ndarray:
             stored = ds.pixel_array
     except NotImplementedError as exc:
         raise ImageReadError(path, f"unsupported transfer syntax {syntax} (no decoder)") from exc
-    except Exception as exc:
-        raise ImageReadError(path, _decode_failure_reason(exc, syntax)) from exc
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # pylibjpeg-rle's Rust panic is not an Exception
+        raise ImageReadError(path, _decode_failure_reason(exc, syntax, ds)) from exc
     if stored.ndim != 2:
         raise ImageReadError(path, f"decoded pixel array has shape {stored.shape}; expected 2-D")
     return stored
@@ -229,9 +284,25 @@ def _transfer_syntax_name(ds: Dataset) -> str:
     return f"'{uid.name}'" if uid is not None else "(missing)"
 
 
-def _decode_failure_reason(exc: Exception, syntax: str) -> str:
+_SIZE_MISMATCH = re.compile(
+    r"could not broadcast input array from shape \((\d+),?\) into shape \((\d+),?\)"
+    r"|doesn't match the expected amount"  # pydicom's RLE decoder
+)
+
+
+def _decode_failure_reason(exc: BaseException, syntax: str, ds: Dataset) -> str:
     """Map pydicom's decoder errors to the reject-table wording."""
     message = str(exc)
+    size = _SIZE_MISMATCH.search(message)
+    if size is not None:
+        decoded = size.group(1)
+        found = f" (the frame decodes to {int(decoded):,} values)" if decoded else ""
+        return (f"the header's image size (Rows x Columns {ds.get('Rows')} x "
+                f"{ds.get('Columns')}) does not match the compressed {syntax} frame{found}")
+    if not isinstance(exc, Exception):  # a decoder's Rust panic
+        return (f"the {syntax} decoder crashed ({_short(exc, 80)}): corrupt data, or a "
+                f"header image size ({ds.get('Rows')} x {ds.get('Columns')}) that does not "
+                "match it")
     if "less than expected" in message or "truncated" in message.lower():
         return "truncated pixel data"
     if "no pixel data handlers" in message or "plugins are missing" in message:
@@ -454,7 +525,7 @@ def _voi_lut_entries(ds: Dataset) -> np.ndarray:
     return apply_voi(np.arange(first_input, first_input + count), ds, index=0)
 
 
-def _short(exc: Exception, limit: int = 200) -> str:
+def _short(exc: BaseException, limit: int = 200) -> str:
     """An exception's message on one clipped line: reject reasons stay readable in a CSV."""
     text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
     text = text or type(exc).__name__
