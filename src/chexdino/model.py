@@ -247,9 +247,12 @@ def _convert_meta_dinov3(
     with contextlib.redirect_stdout(printed):
         converted = checkpoint_filter_fn(state, model)
     lines = [line for line in printed.getvalue().splitlines() if line.strip()]
-    if lines:
+    skipped = [line for line in lines if "q_bias" in line]
+    if skipped:
         log.info("model.vision.weights: timm's converter skipped %d zero attention biases of %s "
-                 "(the model has no qkv bias): %s", len(lines), path, sorted(set(lines))[0])
+                 "(the model has no qkv bias): %s", len(skipped), path, skipped[0])
+    for line in sorted(set(lines) - set(skipped)):
+        log.info("model.vision.weights: timm's converter: %s", line)
     return converted
 
 
