@@ -4,6 +4,7 @@ written here with pydicom. Expected pictures are computed independently of chexd
 from __future__ import annotations
 
 import io
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,13 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import UID, ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
+from pydicom.uid import (
+    UID,
+    ExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    RLELossless,
+    generate_uid,
+)
 
 from chexdino.demo_data import StudySigns, render_frontal
 from chexdino.dicom import block_mean, read_dicom, read_dicom_reduced, reduction_factor
@@ -457,3 +464,179 @@ def test_reduced_path_matches_the_full_resolution_path_on_corpus_films(
     assert read_dicom_reduced(corpus(name), 2 * size).factor > 1  # the reduced path ran
     full = resize_and_pad(read_dicom(corpus(name)), size).astype(np.int16)
     assert np.abs(fast - full).mean() < mean_error
+
+
+# --- headers that disagree with their pixels: reject, never a plausible picture -------------
+
+
+def rewrite_header(source: str | Path, path: Path, **attributes: object) -> Path:
+    """A copy of a real file with some header attributes changed and its pixels untouched."""
+    ds = dcmread(source)
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    ds.save_as(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "expected_bytes"),
+    [
+        ({"Columns": 1840}, 1955 * 1840 * 2),  # one column short: the film would be sheared
+        ({"Rows": 1855}, 1855 * 1841 * 2),  # 100 rows short: the film would be cropped
+    ],
+)
+def test_pixel_data_longer_than_the_header_says_is_rejected(
+    tmp_path: Path, change: dict, expected_bytes: int
+):
+    # RG1_UNCR: a real CR chest film, 1955 x 1841, native 16-bit; pydicom itself only warns
+    # about "excess padding" and decodes a sheared or cropped chest
+    path = rewrite_header(corpus("RG1_UNCR.dcm"), tmp_path / "film.dcm", **change)
+    with pytest.raises(ImageReadError, match="pixel data is longer than the header says") as caught:
+        read_dicom(path)
+    assert f"needs {expected_bytes:,}" in caught.value.reason
+    with pytest.raises(ImageReadError, match="longer than the header"):
+        load_cxr(path, 64)
+
+
+def test_odd_sized_8bit_frame_with_its_one_pad_byte_is_kept(tmp_path: Path):
+    picture = smooth_picture(9, 11, top=255).astype(np.uint8)  # 99 bytes, stored padded to 100
+    path = write_dicom(tmp_path / "odd.dcm", picture)
+    assert len(dcmread(path).PixelData) == 100
+    assert read_dicom(path).shape == (9, 11)
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR DS")  # pydicom on NaN / inf
+@pytest.mark.parametrize(
+    ("attributes", "reason"),
+    [
+        ({"WindowCenter": "NaN", "WindowWidth": 2000.0}, "non-finite WindowCenter"),
+        ({"WindowCenter": 2000.0, "WindowWidth": "inf"}, "non-finite WindowWidth"),
+        ({"RescaleSlope": "-inf", "RescaleIntercept": 0}, "non-finite RescaleSlope"),
+        # finite, but every rescaled value overflows to infinity
+        ({"RescaleSlope": 1e308, "RescaleIntercept": 0, "WindowCenter": 2000.0,
+          "WindowWidth": 4000.0}, "rescale gives non-finite values"),
+    ],
+)
+def test_non_finite_window_or_rescale_is_rejected_not_windowed_to_black(
+    tmp_path: Path, attributes: dict, reason: str
+):
+    path = write_dicom(tmp_path / "film.dcm", smooth_picture(), bits_stored=12, **attributes)
+    with pytest.raises(ImageReadError, match=reason):
+        read_dicom(path)
+
+
+def test_window_outside_every_pixel_value_is_rejected_as_a_blank_display(tmp_path: Path):
+    # a real CT slice with a finite window far above its values: every pixel would be black
+    path = rewrite_header(corpus("CT_small.dcm"), tmp_path / "ct.dcm",
+                          WindowCenter=60000.0, WindowWidth=100.0)
+    with pytest.raises(ImageReadError, match="blank display: every pixel shows grey level 0") \
+            as caught:
+        load_cxr(path, 64)
+    assert "window (center 60000.0, width 100.0) lies outside" in caught.value.reason
+
+
+def rle_file(path: Path, rows: int, cols: int) -> Path:
+    """A real RLE Lossless file of a small picture whose header then claims rows x cols."""
+    ds = dcmread(write_dicom(path, smooth_picture(64, 64, top=255).astype(np.uint8)))
+    ds.compress(RLELossless, encoding_plugin="pydicom")
+    ds.Rows, ds.Columns = rows, cols
+    ds.save_as(path)
+    return path
+
+
+def test_huge_frame_claim_is_refused_before_any_decoder_allocates_it(tmp_path: Path):
+    path = rle_file(tmp_path / "bomb.dcm", 60000, 60000)
+    assert path.stat().st_size < 8192  # a few kilobytes claiming a 3.6-gigapixel frame
+    tracemalloc.start()
+    try:
+        with pytest.raises(ImageReadError) as caught:
+            load_cxr(path, 320)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "frame of 60000 x 60000 pixels is larger than images.max_frame_pixels" in (
+        caught.value.reason)
+    assert "refused before decoding" in caught.value.reason
+    assert peak < 20 * 2**20, f"{peak / 2**20:.0f} MB allocated"
+
+
+def test_frame_size_limit_is_a_setting(tmp_path: Path):
+    path = write_dicom(tmp_path / "film.dcm", smooth_picture(96, 80), bits_stored=12)
+    assert load_cxr(path, 32, max_frame_pixels=96 * 80)[1] == (96, 80)  # at the limit: kept
+    with pytest.raises(ImageReadError, match=r"96 x 80 pixels .* \(7,679\)"):
+        load_cxr(path, 32, max_frame_pixels=96 * 80 - 1)
+    jpg = tmp_path / "film.jpg"
+    Image.fromarray(smooth_picture(96, 80, top=255).astype(np.uint8)).save(jpg)
+    with pytest.raises(ImageReadError, match="larger than images.max_frame_pixels"):
+        load_cxr(jpg, 32, max_frame_pixels=1000)
+
+
+# --- reasons that say what is wrong -----------------------------------------------------------
+
+
+def test_missing_photometric_interpretation_is_not_called_colour(tmp_path: Path):
+    path = write_dicom(tmp_path / "film.dcm", smooth_picture(), bits_stored=12)
+    ds = dcmread(path)
+    del ds.PhotometricInterpretation
+    ds.save_as(path)
+    with pytest.raises(ImageReadError) as caught:
+        read_dicom(path)
+    assert caught.value.reason.startswith("PhotometricInterpretation missing")
+    assert "colour" not in caught.value.reason
+
+
+@pytest.mark.parametrize("name", ["RG1_J2KR.dcm", "MR_small_RLE.dcm", "JPEG-LL.dcm"])
+def test_truncated_compressed_stream_is_called_truncated(tmp_path: Path, name: str):
+    raw = Path(corpus(name)).read_bytes()
+    cut = tmp_path / name
+    cut.write_bytes(raw[: int(len(raw) * 0.7)])  # inside the encapsulated pixel data
+    with pytest.raises(ImageReadError) as caught:
+        read_dicom(cut)
+    assert caught.value.reason == (
+        "truncated file: it ends inside its compressed pixel data (or a sequence)")
+
+
+@pytest.mark.parametrize(
+    ("name", "rows", "cols", "decoded"),
+    [
+        ("JPEG-LL.dcm", 2048, 512, 262144),  # real JPEG lossless, 1024 x 256, header doubled
+        ("RG1_J2KR.dcm", 1952, 1841, 3599155),  # real JPEG 2000 chest, 3 rows short
+        ("MR_small_jpeg_ls_lossless.dcm", 128, 128, 4096),
+    ],
+)
+def test_header_size_that_disagrees_with_compressed_data_is_named(
+    tmp_path: Path, name: str, rows: int, cols: int, decoded: int
+):
+    path = rewrite_header(corpus(name), tmp_path / name, Rows=rows, Columns=cols)
+    with pytest.raises(ImageReadError) as caught:
+        read_dicom(path)
+    reason = caught.value.reason
+    assert f"header's image size (Rows x Columns {rows} x {cols}) does not match" in reason
+    assert f"decodes to {decoded:,} values" in reason
+    assert "broadcast" not in reason
+
+
+def test_rle_header_smaller_than_its_data_is_a_reject_not_a_crash(tmp_path: Path):
+    # pylibjpeg-rle panics (a BaseException from Rust) on this file: the shard must go on
+    path = rewrite_header(corpus("MR_small_RLE.dcm"), tmp_path / "rle.dcm", Rows=61)
+    with pytest.raises(ImageReadError, match="decoder crashed .*header image size \\(61 x 64\\)"):
+        read_dicom(path)
+
+
+def without_preamble(source: str, path: Path) -> Path:
+    """The dataset of a real file written as before DICOM 3.0: no preamble, no 'DICM', no
+    file meta group, implicit VR little endian."""
+    ds = dcmread(source)
+    del ds.file_meta
+    ds.preamble = None
+    ds.save_as(path, implicit_vr=True, little_endian=True)
+    assert path.read_bytes()[128:132] != b"DICM"
+    return path
+
+
+def test_old_file_without_preamble_is_read(tmp_path: Path):
+    path = without_preamble(corpus("MR_small.dcm"), tmp_path / "old.dcm")
+    np.testing.assert_array_equal(read_dicom(path), read_dicom(corpus("MR_small.dcm")))
+    # a real file of that kind from the corpus is read too (and rejected for being colour)
+    with pytest.raises(ImageReadError, match="colour image .*PALETTE COLOR"):
+        read_dicom(corpus("OT-PAL-8-face.dcm"))

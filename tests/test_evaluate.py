@@ -92,3 +92,23 @@ def test_ensemble_members_are_the_top_k_by_validation_metric(tmp_path):
     info["ranked"] = []
     path.write_text(json.dumps(info))
     assert [p.name for p in ensemble_members(path, 2)] == ["b.pt"]
+
+
+def test_evaluation_uses_the_normalisation_recorded_in_the_checkpoint(store_and_checkpoints,
+                                                                      tmp_path):
+    from chexdino.evaluate import embed_images, load_checkpoint, zero_shot_probs
+
+    cxr, (a, _), _ = store_and_checkpoints
+    ckpt = torch.load(a, weights_only=True)
+    imagenet = tmp_path / "imagenet.pt"
+    torch.save({**ckpt, "normalize": "imagenet"}, imagenet)
+    run(cxr, [a], tmp_path / "clip")  # no record: written before the setting, i.e. clip
+    run(cxr, [imagenet], tmp_path / "imagenet")
+    model, normalize = load_checkpoint(imagenet, torch.device("cpu"))
+    assert normalize == "imagenet" and load_checkpoint(a, torch.device("cpu"))[1] == "clip"
+    rows = np.arange(30)  # the test split
+    emb = embed_images(model, h5store.load_cxr_array(cxr, rows), 32, torch.device("cpu"), 16,
+                       "fp32", "imagenet")
+    expected = zero_shot_probs(model, emb, list(LABELS), {}, torch.device("cpu"), "fp32")
+    np.testing.assert_allclose(read_probs(tmp_path / "imagenet"), expected, atol=1e-6)
+    assert np.abs(read_probs(tmp_path / "imagenet") - read_probs(tmp_path / "clip")).max() > 1e-4

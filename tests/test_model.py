@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 
@@ -131,16 +132,25 @@ def test_pickled_code_in_weights_is_refused(tiny_model_cfg, tmp_path):
 
 
 def meta_dinov3_state(timm_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rewrite a timm DINOv3 state dict in the layout of Meta's official .pth files."""
+    """Rewrite a timm DINOv3 state dict in the layout of Meta's official .pth files.
+
+    Every block gets ``qkv.bias`` and ``qkv.bias_mask`` (key part masked), as in Meta's files;
+    for a timm model without q_bias the biases are zero, as in Meta's distilled ViT-B/16.
+    """
     meta = {}
     for key, value in timm_state.items():
+        no_bias = key.replace("qkv.weight", "q_bias") not in timm_state
+        if key.endswith("attn.qkv.weight") and no_bias:
+            width = value.shape[0]
+            meta[key.replace("weight", "bias")] = torch.zeros(width)
+            meta[key.replace("weight", "bias_mask")] = key_masked(width)
         key = key.replace("reg_token", "storage_tokens")
         key = key.replace("gamma_1", "ls1.gamma").replace("gamma_2", "ls2.gamma")
         if key.endswith("attn.q_bias"):
             v_bias = timm_state[key.replace("q_bias", "v_bias")]
             meta[key.replace("q_bias", "qkv.bias")] = torch.cat(
                 [value, torch.zeros_like(value), v_bias])
-            meta[key.replace("q_bias", "qkv.bias_mask")] = torch.ones(3 * len(value))
+            meta[key.replace("q_bias", "qkv.bias_mask")] = key_masked(3 * len(value))
             continue
         if key.endswith("attn.v_bias"):
             continue
@@ -148,6 +158,13 @@ def meta_dinov3_state(timm_state: dict[str, torch.Tensor]) -> dict[str, torch.Te
     meta["mask_token"] = torch.zeros(1, meta["cls_token"].shape[-1])
     meta["rope_embed.periods"] = torch.ones(4)
     return meta
+
+
+def key_masked(width: int) -> torch.Tensor:
+    """Meta's ``qkv.bias_mask``: ones for the query and value thirds, zeros for the key."""
+    mask = torch.ones(width)
+    mask[width // 3: 2 * width // 3] = 0
+    return mask
 
 
 @pytest.mark.parametrize("name", ["vit_base_patch16_dinov3", "vit_base_patch16_dinov3_qkvb"])
@@ -187,3 +204,115 @@ def test_text_weights_from_openai_torchscript(tiny_model_cfg, tmp_path):
     tiny_model_cfg["text"].update(weights=str(path), random_init=False)
     loaded = quiet_build(tiny_model_cfg)
     assert torch.allclose(loaded.text(tokens), clip.encode_text(tokens), atol=1e-5)
+
+
+def perturbed_vision(tiny_model_cfg):
+    """The tiny vision tower with every parameter (biases included) moved off its init."""
+    model = quiet_build(tiny_model_cfg)
+    with torch.no_grad():
+        for p in model.visual.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    return model
+
+
+def test_meta_file_with_attention_biases_is_refused_by_a_model_without_them(
+    tiny_model_cfg, tmp_path
+):
+    """A fine-tuned DINOv3 (non-zero qkv.bias) under vit_base_patch16_dinov3 would lose its
+    biases in timm's converter and compute other features: refused, naming the right model."""
+    tiny_model_cfg["vision"]["name"] = "vit_base_patch16_dinov3_qkvb"
+    source = perturbed_vision(tiny_model_cfg)
+    path = tmp_path / "dinov3_finetuned.pth"
+    torch.save(meta_dinov3_state(source.visual.state_dict()), path)
+    tiny_model_cfg["vision"].update(name="vit_base_patch16_dinov3", weights=str(path),
+                                    random_init=False)
+    with pytest.raises(WeightsError, match=r"model.vision.weights: .*dinov3_finetuned.pth has "
+                       r"non-zero attention biases .*vit_base_patch16_dinov3_qkvb"):
+        quiet_build(tiny_model_cfg)
+    tiny_model_cfg["vision"]["name"] = "vit_base_patch16_dinov3_qkvb"  # the named fix works
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(quiet_build(tiny_model_cfg).visual(x), source.visual(x), atol=1e-6)
+
+
+def test_meta_file_with_non_zero_key_biases_is_refused(tiny_model_cfg, tmp_path):
+    tiny_model_cfg["vision"]["name"] = "vit_base_patch16_dinov3_qkvb"
+    state = meta_dinov3_state(perturbed_vision(tiny_model_cfg).visual.state_dict())
+    state["blocks.1.attn.qkv.bias_mask"] = torch.ones_like(state["blocks.1.attn.qkv.bias_mask"])
+    state["blocks.1.attn.qkv.bias"][48:96] = 0.5  # an unmasked key bias timm cannot hold
+    path = tmp_path / "keys.pth"
+    torch.save(state, path)
+    tiny_model_cfg["vision"].update(weights=str(path), random_init=False)
+    with pytest.raises(WeightsError, match=r"non-zero key biases \(blocks.1.attn.qkv.bias\)"):
+        quiet_build(tiny_model_cfg)
+
+
+def test_good_meta_load_keeps_timms_printout_out_of_the_log(tiny_model_cfg, tmp_path, capfd,
+                                                            caplog):
+    """timm prints "`q_bias` is not an nn.Parameter" once per block when it skips Meta's zero
+    biases: the job log gets one summary line instead."""
+    source = perturbed_vision(tiny_model_cfg)
+    path = tmp_path / "dinov3_vitb16_pretrain.pth"
+    torch.save(meta_dinov3_state(source.visual.state_dict()), path)
+    tiny_model_cfg["vision"].update(weights=str(path), random_init=False)
+    capfd.readouterr()
+    with caplog.at_level(logging.INFO, logger="chexdino.model"):
+        quiet_build(tiny_model_cfg)
+    out, err = capfd.readouterr()
+    assert "nn.Parameter" not in out + err
+    summaries = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(summaries) == 1
+    assert "skipped 2 zero attention biases" in summaries[0]  # one per block of the tiny model
+
+
+def test_shape_mismatch_names_both_shapes(tiny_model_cfg, tmp_path):
+    source = quiet_build(tiny_model_cfg)  # vision width 48
+    path = tmp_path / "vision.safetensors"
+    save_file({k: v.contiguous() for k, v in source.visual.state_dict().items()}, str(path))
+    tiny_model_cfg["vision"]["overrides"]["embed_dim"] = 96
+    tiny_model_cfg["vision"].update(weights=str(path), random_init=False)
+    with pytest.raises(WeightsError) as caught:
+        quiet_build(tiny_model_cfg)
+    message = str(caught.value)
+    assert "with other shapes (e.g. blocks.0.attn.proj.bias (48,) in the file vs (96,) in the " \
+        "model; blocks.0.attn.proj.weight (48, 48) in the file vs (96, 96) in the model" in message
+
+
+def openai_torchscript_file(path, quick_gelu: bool = True):
+    """A TorchScript CLIP file as OpenAI ships ViT-B-32.pt (a shrunken model of that layout)."""
+    import open_clip
+
+    clip = open_clip.create_model(
+        "ViT-B-32-quickgelu" if quick_gelu else "ViT-B-32", pretrained=None, embed_dim=32,
+        text_cfg={"width": 32, "heads": 2, "layers": 1, "context_length": 77,
+                  "vocab_size": 49408},
+        vision_cfg={"width": 32, "layers": 1, "patch_size": 32, "image_size": 64,
+                    "head_width": 16})
+    clip.eval()
+    tokens = torch.randint(1, 1000, (1, 77))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about shape checks
+        scripted = torch.jit.trace(clip, (torch.randn(1, 3, 64, 64), tokens), check_trace=False)
+    scripted.save(str(path))
+    return clip
+
+
+def test_openai_file_under_a_gelu_text_tower_is_refused(tiny_model_cfg, tmp_path):
+    """ViT-B-32 (GELU) has exactly the shapes of OpenAI's QuickGELU weights: it would load and
+    compute other features without a word."""
+    path = tmp_path / "ViT-B-32.pt"
+    openai_torchscript_file(path)
+    tiny_model_cfg["text"].update(name="ViT-B-32", weights=str(path), random_init=False)
+    with pytest.raises(WeightsError, match=r"ViT-B-32.pt is an OpenAI CLIP file .*QuickGELU.*"
+                       r"model.text.name: ViT-B-32-quickgelu"):
+        quiet_build(tiny_model_cfg)
+
+
+def test_open_clip_file_under_a_gelu_text_tower_still_loads(tiny_model_cfg, tmp_path):
+    """open_clip's own GELU checkpoints (not OpenAI's) are not refused."""
+    tiny_model_cfg["text"]["name"] = "ViT-B-32"
+    source = quiet_build(tiny_model_cfg)
+    path = tmp_path / "open_clip_gelu.bin"
+    torch.save(source.text.state_dict(), path)
+    tiny_model_cfg["text"].update(weights=str(path), random_init=False)
+    tokens = torch.randint(1, 1000, (2, 77))
+    assert torch.equal(quiet_build(tiny_model_cfg).text(tokens), source.text(tokens))

@@ -73,7 +73,7 @@ def test_standard_report_takes_impression_and_strips_deid() -> None:
 def test_impression_text_on_header_line_and_continuation_kept() -> None:
     text, source = extract_impression(WET_READ_THEN_FINAL)
     assert source == "impression"
-    assert text == "Moderate right pleural effusion, increased since . Mild pulmonary edema."
+    assert text == "Moderate right pleural effusion, increased since. Mild pulmonary edema."
     assert "___" not in text and "Dr." not in text  # notification is its own section
 
 
@@ -301,7 +301,7 @@ def test_normalize_section_name(raw: str, canonical: str) -> None:
 
 
 def test_clean_text() -> None:
-    assert clean_text("  Dr. ___ was\n notified  ____ at\t___.\n") == "Dr. was notified at ."
+    assert clean_text("  Dr. ___ was\n notified  ____ at\t___.\n") == "Dr. was notified at."
     assert clean_text("left_sided  x") == "left_sided x"  # a single underscore is not de-id
     assert clean_text("Keep CASE; and punctuation!") == "Keep CASE; and punctuation!"
     assert clean_text(" \n ___ \n") == ""
@@ -410,3 +410,46 @@ def test_enormous_report_is_parsed_quickly(tmp_path):
     impression, source = extract_impression(read_report(path))
     assert (impression, source) == ("Cardiomegaly.", "impression")
     assert time.monotonic() - started < 5
+
+
+def test_words_hyphenated_at_a_line_break_are_rejoined(tmp_path: Path) -> None:
+    report = write(tmp_path, "s1.txt", BANNER + (
+        " FINDINGS:  Lungs are well-\n expanded.\n \n"
+        " IMPRESSION:  Small left-\n sided pleural effusion, 2-\n 3 cm. New right -\n"
+        " no change in the left lung.\n"))
+    impressions, _ = extract_impressions(pd.DataFrame({"study_id": ["1"],
+                                                       "report_path": [str(report)]}),
+                                         show_progress=False)
+    assert impressions["impression"].tolist() == [
+        "Small left-sided pleural effusion, 2-3 cm. New right - no change in the left lung."]
+    assert clean_text("Lungs are well-\n   expanded.") == "Lungs are well-expanded."
+    assert clean_text("Severe EDEMA-\n Mild") == "Severe EDEMA- Mild"  # a capital: not a word
+
+
+@pytest.mark.parametrize(
+    ("raw", "clean"),
+    [
+        ("Comparison ___, ___.", "Comparison."),
+        ("Chest x-___ .", "Chest x."),
+        ("___-year-old female with chest pain.", "year-old female with chest pain."),
+        ("Increased since ___. ___ Stable cardiomegaly.", "Increased since. Stable cardiomegaly."),
+        ("Effusion seen on ___, and it is smaller.", "Effusion seen on, and it is smaller."),
+        ("Discussed with Dr. ___ by ___ on ___ at 9:30 AM.",
+         "Discussed with Dr. by on at 9:30 AM."),
+        ("No change (___).", "No change."),
+        ("Stable since (___) with a small effusion.", "Stable since with a small effusion."),
+        ("Keep . spaces , that were typed .", "Keep . spaces , that were typed ."),
+    ],
+)
+def test_removed_marks_leave_no_seams(raw: str, clean: str) -> None:
+    assert clean_text(raw) == clean
+
+
+def test_seams_are_tidied_in_a_report_file(tmp_path: Path) -> None:
+    report = write(tmp_path, "s2.txt", BANNER + (
+        " COMPARISON:  ___, ___.\n \n"
+        " IMPRESSION:  Chest x-___ . Moderate right effusion, increased since ___.\n"
+        " ___ Mild pulmonary edema.\n"))
+    text, source = extract_impression(read_report(report))
+    assert (text, source) == (
+        "Chest x. Moderate right effusion, increased since. Mild pulmonary edema.", "impression")

@@ -195,3 +195,26 @@ def test_streaming_bank_reads_the_same_batches_as_resident(tiny_store):
     assert torch.equal(host.batch(positions), stream.batch(positions))
     with h5py.File(cxr) as f:
         assert np.array_equal(stream.batch(positions).numpy(), f["cxr"][()][rows[positions]])
+
+
+def test_normalisation_is_used_in_training_and_validation_and_recorded(
+    tiny_store, tmp_path, tiny_model_cfg
+):
+    """Same seed, same data: only train.normalize differs, so the validation of the same
+    initial weights and the trained weights differ; best.pt records the setting."""
+    val_loss = {}
+    for normalize in ("clip", "imagenet"):
+        settings = {"steps": 2, "val_every": 2, "ckpt_every": 2, "normalize": normalize}
+        untrained = make_trainer(tiny_store, tmp_path / f"v-{normalize}", tiny_model_cfg,
+                                 **settings)
+        val_loss[normalize] = untrained.validate()["val_loss"]
+        make_trainer(tiny_store, tmp_path / normalize, tiny_model_cfg, **settings).run()
+        best = final_weights(tmp_path / normalize)
+        assert best["normalize"] == normalize
+        step = torch.load(tmp_path / normalize / "checkpoints" / "step_0000002.pt",
+                          weights_only=True)
+        assert step["normalize"] == step["train_config"]["normalize"] == normalize
+    assert val_loss["clip"] != pytest.approx(val_loss["imagenet"], rel=1e-6)
+    clip, imagenet = final_weights(tmp_path / "clip"), final_weights(tmp_path / "imagenet")
+    assert not torch.equal(clip["model"]["visual_proj.weight"],
+                           imagenet["model"]["visual_proj.weight"])

@@ -12,6 +12,8 @@ from torchvision.transforms import v2
 from chexdino.transforms import (
     CLIP_MEAN,
     CLIP_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     AugmentConfig,
     eval_transform,
     sample_crop_boxes,
@@ -123,3 +125,21 @@ def test_same_generator_seed_same_output():
     b = train_transform(images, cfg, torch.Generator().manual_seed(7))
     assert torch.equal(a, b)
     assert math.isfinite(a.sum().item())
+
+
+@pytest.mark.parametrize(("normalize", "mean", "std"),
+                         [("clip", CLIP_MEAN, CLIP_STD), ("imagenet", IMAGENET_MEAN, IMAGENET_STD)])
+def test_normalisation_is_the_named_one_in_training_and_evaluation(normalize, mean, std):
+    """train.normalize: the same mean/std in the training and the evaluation transform."""
+    images = smooth_images(4, size=64)
+    evaluated = eval_transform(images, 64, normalize)
+    reference = v2.Normalize(mean, std)(images.unsqueeze(1).expand(-1, 3, -1, -1) / 255.0)
+    assert (evaluated - reference).abs().max().item() < 1e-5  # same size: no resize
+    plain = AugmentConfig(64, (1.0, 1.0), crop_ratio=(1.0, 1.0), hflip=0.0, normalize=normalize)
+    trained = train_transform(images, plain, torch.Generator().manual_seed(0))
+    assert (trained - reference).abs().max().item() < 1e-4  # a full crop is the identity
+
+
+def test_unknown_normalisation_names_the_key():
+    with pytest.raises(ValueError, match="train.normalize: 'imagenet21k'"):
+        eval_transform(smooth_images(1, size=32), 32, "imagenet21k")

@@ -81,7 +81,9 @@ def cmd_images(a: argparse.Namespace) -> None:
     manifest = read_manifest(Path(a.manifest))
     k, n = a.shard
     part = manifest.iloc[shard_rows(len(manifest), k, n)].reset_index(drop=True)
-    counts = process_shard(part, Path(a.out), Path(a.rejects), size=a.size, threads=a.threads)
+    limit = {"max_frame_pixels": a.max_frame_pixels} if a.max_frame_pixels else {}
+    counts = process_shard(part, Path(a.out), Path(a.rejects), size=a.size, threads=a.threads,
+                           **limit)
     log.info("shard %d of %d: %s", k, n, counts)
 
 
@@ -224,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--out", required=True)
     s.add_argument("--rejects", required=True)
+    s.add_argument("--max-frame-pixels", type=int, default=None,
+                   help="reject films whose header claims more pixels (default 100,000,000)")
 
     s = sub.add_parser("gather", help="stage 2: concatenate shard stores in order")
     s.add_argument("--shards", nargs="+", required=True)

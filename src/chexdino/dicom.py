@@ -13,29 +13,44 @@ and only then looked up, so the full frame is read a few times as uint16 and nev
 (a 3056x2544 12-bit film to 320x320: ~62 -> ~15 ms on one core, docs/performance.md).
 
 Anything that prevents a faithful picture raises :class:`~chexdino.errors.ImageReadError`
-with a short reason for the reject table; nothing is ever replaced by a zero image.
+with a short reason for the reject table; nothing is ever replaced by a zero image. That
+includes files a decoder would turn into a *plausible* picture: native pixel data longer than
+the header's size (a sheared or cropped film), non-finite rescale or window values (an
+all-black film), and frames larger than ``max_frame_pixels``, refused before any decoder
+allocates them.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from pydicom import dcmread
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.pixels.processing import apply_voi, apply_windowing
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from chexdino.errors import ImageReadError
 
 GREYSCALE = ("MONOCHROME1", "MONOCHROME2")
+COLOUR = ("RGB", "PALETTE COLOR", "YBR_FULL", "YBR_FULL_422", "YBR_PARTIAL_420", "YBR_ICT",
+          "YBR_RCT", "XYB", "HSV", "ARGB", "CMYK")
 _FAR = 1e30  # a modality value outside any real window: windowing it gives the range ends
 SAMPLE_EVERY = 16  # block rows checked before trusting averaged-first lookups (~1 ms)
 OFF_GREY_LEVELS = 4  # in that check, a reduced pixel further off than this is wrong ...
 MAX_OFF_SHARE = 0.001  # ... and averaging first is kept while at most this share is
+MAX_FRAME_PIXELS = 100_000_000
+"""Default of ``images.max_frame_pixels``: 10,000 x 10,000, five times the largest flat-panel
+detector (~4,300 x 4,300). A header claiming more is refused before decoding: decoders
+allocate the claimed frame first, so a 4 KB RLE file claiming 60,000 x 60,000 costs ~7 GB."""
+LUT_ATTRIBUTES = ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth")
 
 
 @dataclass(frozen=True)
@@ -53,15 +68,17 @@ class ReducedFilm:
     factor: int
 
 
-def read_dicom(path: Path) -> np.ndarray:
+def read_dicom(path: Path, max_frame_pixels: int = MAX_FRAME_PIXELS) -> np.ndarray:
     """Return the display image of a single-frame greyscale DICOM as uint8 (bright = dense).
 
     Raises ImageReadError (with the reason) for anything that is not such a file.
     """
-    return read_dicom_reduced(path, min_long_side=0).image
+    return read_dicom_reduced(path, min_long_side=0, max_frame_pixels=max_frame_pixels).image
 
 
-def read_dicom_reduced(path: Path, min_long_side: int) -> ReducedFilm:
+def read_dicom_reduced(
+    path: Path, min_long_side: int, max_frame_pixels: int = MAX_FRAME_PIXELS
+) -> ReducedFilm:
     """The display image reduced by the largest integer factor that keeps its long side at
     least ``min_long_side`` (0: full resolution), for a film that will be resized anyway.
 
@@ -75,6 +92,9 @@ def read_dicom_reduced(path: Path, min_long_side: int) -> ReducedFilm:
     ds = _read_dataset(path)
     try:
         _check_one_greyscale_frame(path, ds)
+        _check_frame_size(path, ds, max_frame_pixels)
+        _check_pixel_data_length(path, ds)
+        _check_finite_lut_attributes(path, ds)
     except ImageReadError:
         raise
     except Exception as exc:  # pydicom parses elements lazily: a corrupt one fails here
@@ -89,6 +109,7 @@ def read_dicom_reduced(path: Path, min_long_side: int) -> ReducedFilm:
         image = _display_image(stored, ds, low, high, factor)
     except Exception as exc:  # malformed LUT / window attributes
         raise ImageReadError(path, f"invalid Modality/VOI LUT attributes: {_short(exc)}") from exc
+    _check_not_flat(path, image, ds, low, high)
     return ReducedFilm(image, (int(stored.shape[0]), int(stored.shape[1])), factor)
 
 
@@ -106,19 +127,59 @@ def reduction_factor(shape: tuple[int, ...], min_long_side: int) -> int:
 def _read_dataset(path: Path) -> Dataset:
     """Parse the file; pydicom's errors become reasons a person can act on."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # lenient-parsing chatter, once per file
-            return dcmread(path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # lenient-parsing chatter: kept, never printed
+            ds = dcmread(path)
     except FileNotFoundError as exc:
         raise ImageReadError(path, "file not found") from exc
     except InvalidDicomError as exc:
-        raise ImageReadError(path, "not a DICOM file (no 'DICM' preamble)") from exc
+        ds = _read_without_preamble(path)
+        if ds is None:
+            raise ImageReadError(path, "not a DICOM file (no 'DICM' preamble)") from exc
+        return ds
     except EOFError as exc:
         raise ImageReadError(path, "truncated file (ends inside the DICOM header)") from exc
     except OSError as exc:
         raise ImageReadError(path, f"cannot read file: {exc.strerror or exc}") from exc
     except Exception as exc:
         raise ImageReadError(path, f"unreadable DICOM header: {_short(exc)}") from exc
+    if "PixelData" not in ds and any(_UNDELIMITED in str(w.message) for w in caught):
+        # pydicom drops the whole dataset when the file ends inside an undefined-length
+        # element: for a film, the encapsulated (compressed) pixel data
+        raise ImageReadError(
+            path, "truncated file: it ends inside its compressed pixel data (or a sequence)"
+        )
+    return ds
+
+
+_UNDELIMITED = "End of file reached before delimiter"
+_ENCODINGS = {  # (implicit VR, little endian) -> the transfer syntax it means for native data
+    (True, True): ImplicitVRLittleEndian,
+    (False, True): ExplicitVRLittleEndian,
+    (False, False): ExplicitVRBigEndian,
+}
+
+
+def _read_without_preamble(path: Path) -> Dataset | None:
+    """An old file without the 128-byte preamble and 'DICM' (allowed before DICOM 3.0):
+    the dataset when it parses and holds pixel data, with its transfer syntax set from the
+    encoding pydicom detected; None for anything else (a text file, random bytes)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = dcmread(path, force=True)
+            if "PixelData" not in ds or "Rows" not in ds:
+                return None
+            encoding = ds.original_encoding
+    except Exception:
+        return None
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or "TransferSyntaxUID" not in meta:
+        if encoding not in _ENCODINGS:
+            return None
+        ds.file_meta = meta if meta is not None else FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = _ENCODINGS[encoding]
+    return ds
 
 
 def _check_one_greyscale_frame(path: Path, ds: Dataset) -> None:
@@ -132,12 +193,66 @@ def _check_one_greyscale_frame(path: Path, ds: Dataset) -> None:
         raise ImageReadError(path, f"multi-frame image ({frames} frames); expected one film")
     photometric = str(ds.get("PhotometricInterpretation", "")).strip()
     samples = int(ds.get("SamplesPerPixel") or 1)
-    if samples != 1 or photometric not in GREYSCALE:
+    if samples == 1 and photometric in GREYSCALE:
+        return
+    if samples != 1 or photometric in COLOUR:
         raise ImageReadError(
             path,
             f"colour image (PhotometricInterpretation {photometric or 'missing'}, "
             f"{samples} samples/pixel); expected MONOCHROME1/2",
         )
+    if not photometric:
+        raise ImageReadError(
+            path, "PhotometricInterpretation missing: cannot tell MONOCHROME1 from MONOCHROME2"
+        )
+    raise ImageReadError(
+        path, f"unsupported PhotometricInterpretation '{photometric}'; expected MONOCHROME1/2"
+    )
+
+
+def _check_frame_size(path: Path, ds: Dataset, max_frame_pixels: int) -> None:
+    """Refuse a frame larger than the limit from its header alone, before any decoder runs."""
+    rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    if rows * cols > max_frame_pixels:
+        raise ImageReadError(
+            path,
+            f"frame of {rows} x {cols} pixels is larger than images.max_frame_pixels "
+            f"({max_frame_pixels:,}); refused before decoding",
+        )
+
+
+def _check_pixel_data_length(path: Path, ds: Dataset) -> None:
+    """Native pixel data must not be longer than Rows x Columns x samples x bytes (plus the
+    one pad byte to an even length). Longer data means the header's size is wrong, and the
+    decoder would silently drop the excess as "padding": a sheared or cropped film.
+    """
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None or syntax.is_encapsulated:
+        return  # a compressed frame's size is checked by its decoder
+    rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    samples = int(ds.get("SamplesPerPixel") or 1)
+    bits = int(ds.get("BitsAllocated") or 0)
+    expected = math.ceil(rows * cols * samples * bits / 8)
+    actual = len(ds.PixelData)
+    if actual > expected + expected % 2:
+        raise ImageReadError(
+            path,
+            f"pixel data is longer than the header says ({actual:,} bytes; Rows x Columns "
+            f"{rows} x {cols} at {bits} bits needs {expected:,}): the header's image size or "
+            "bit depth is wrong",
+        )
+
+
+def _check_finite_lut_attributes(path: Path, ds: Dataset) -> None:
+    """NaN or infinite rescale / window values would window every pixel to black."""
+    for keyword in LUT_ATTRIBUTES:
+        value = ds.get(keyword)
+        if value is None:
+            continue
+        values = list(value) if isinstance(value, MultiValue) else [value]
+        for item in values:
+            if not math.isfinite(float(item)):
+                raise ImageReadError(path, f"non-finite {keyword} ({item}) in the header")
 
 
 def _decode_stored_pixels(path: Path, ds: Dataset) -> np.ndarray:
@@ -155,8 +270,10 @@ def _decode_stored_pixels(path: Path, ds: Dataset) -> np.ndarray:
             stored = ds.pixel_array
     except NotImplementedError as exc:
         raise ImageReadError(path, f"unsupported transfer syntax {syntax} (no decoder)") from exc
-    except Exception as exc:
-        raise ImageReadError(path, _decode_failure_reason(exc, syntax)) from exc
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # pylibjpeg-rle's Rust panic is not an Exception
+        raise ImageReadError(path, _decode_failure_reason(exc, syntax, ds)) from exc
     if stored.ndim != 2:
         raise ImageReadError(path, f"decoded pixel array has shape {stored.shape}; expected 2-D")
     return stored
@@ -167,9 +284,25 @@ def _transfer_syntax_name(ds: Dataset) -> str:
     return f"'{uid.name}'" if uid is not None else "(missing)"
 
 
-def _decode_failure_reason(exc: Exception, syntax: str) -> str:
+_SIZE_MISMATCH = re.compile(
+    r"could not broadcast input array from shape \((\d+),?\) into shape \((\d+),?\)"
+    r"|doesn't match the expected amount"  # pydicom's RLE decoder
+)
+
+
+def _decode_failure_reason(exc: BaseException, syntax: str, ds: Dataset) -> str:
     """Map pydicom's decoder errors to the reject-table wording."""
     message = str(exc)
+    size = _SIZE_MISMATCH.search(message)
+    if size is not None:
+        decoded = size.group(1)
+        found = f" (the frame decodes to {int(decoded):,} values)" if decoded else ""
+        return (f"the header's image size (Rows x Columns {ds.get('Rows')} x "
+                f"{ds.get('Columns')}) does not match the compressed {syntax} frame{found}")
+    if not isinstance(exc, Exception):  # a decoder's Rust panic
+        return (f"the {syntax} decoder crashed ({_short(exc, 80)}): corrupt data, or a "
+                f"header image size ({ds.get('Rows')} x {ds.get('Columns')}) that does not "
+                "match it")
     if "less than expected" in message or "truncated" in message.lower():
         return "truncated pixel data"
     if "no pixel data handlers" in message or "plugins are missing" in message:
@@ -184,6 +317,29 @@ def _check_not_blank(path: Path, stored: np.ndarray, low: float, high: float) ->
     """A constant frame carries no picture: reject it instead of storing a flat image."""
     if low == high:
         raise ImageReadError(path, f"blank image: every pixel has the value {stored.flat[0]}")
+
+
+def _check_not_flat(
+    path: Path, image: np.ndarray, ds: Dataset, low: float, high: float
+) -> None:
+    """A film whose display image is one grey level is blank to the model: reject it, saying
+    which part of the header put every pixel there."""
+    if image.min() != image.max():
+        return
+    level = int(image.flat[0])
+    if _has_voi_lut(ds):
+        cause = "the VOI LUT maps every stored value to it"
+    elif _has_window(ds):
+        center, width = (_first(ds.get(k)) for k in ("WindowCenter", "WindowWidth"))
+        cause = (f"the window (center {center}, width {width}) lies outside the film's "
+                 f"values (stored {low:g}..{high:g}, before rescale)")
+    else:
+        cause = "the rescale maps every stored value to it"
+    raise ImageReadError(path, f"blank display: every pixel shows grey level {level}; {cause}")
+
+
+def _first(value: object) -> object:
+    return value[0] if isinstance(value, MultiValue) else value
 
 
 def _clear_unused_bits(stored: np.ndarray, ds: Dataset) -> tuple[np.ndarray, float, float]:
@@ -309,11 +465,20 @@ def _display_values(values: np.ndarray, ds: Dataset) -> np.ndarray:
     """Stored values -> uint8 display values. ``values`` spans the frame's range (the frame
     itself, or every integer from its min to its max): that range is the window when the file
     gives none."""
-    modality = apply_modality_lut(values, ds)
+    with np.errstate(over="ignore", invalid="ignore"):
+        modality = apply_modality_lut(values, ds)
+    if modality.dtype.kind == "f" and not np.isfinite(modality).all():
+        raise ValueError(
+            f"rescale gives non-finite values (RescaleSlope {ds.get('RescaleSlope')}, "
+            f"RescaleIntercept {ds.get('RescaleIntercept')})"
+        )
     if _has_voi_lut(ds) and modality.dtype.kind == "f":
         modality = np.rint(modality).astype(np.int64)  # a VOI LUT is indexed by integers
     low, high = _voi_output_range(ds, modality)
-    voi = apply_voi_lut(modality, ds, index=0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        voi = apply_voi_lut(modality, ds, index=0)
+    if not (np.isfinite(low) and np.isfinite(high) and np.isfinite(voi).all()):
+        raise ValueError("the window or VOI LUT gives non-finite values")
     if high <= low:
         raise ValueError("all pixels map to one display value")
     fraction = np.clip((voi.astype(np.float32) - np.float32(low)) / np.float32(high - low), 0, 1)
@@ -360,7 +525,7 @@ def _voi_lut_entries(ds: Dataset) -> np.ndarray:
     return apply_voi(np.arange(first_input, first_input + count), ds, index=0)
 
 
-def _short(exc: Exception, limit: int = 200) -> str:
+def _short(exc: BaseException, limit: int = 200) -> str:
     """An exception's message on one clipped line: reject reasons stay readable in a CSV."""
     text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
     text = text or type(exc).__name__

@@ -39,16 +39,17 @@ def autocast(device: torch.device, precision: str):
 @torch.no_grad()
 def embed_images(
     model: ChexDino, images: np.ndarray | torch.Tensor, input_size: int, device: torch.device,
-    batch_size: int = 256, precision: str = "bf16",
+    batch_size: int = 256, precision: str = "bf16", normalize: str = "clip",
 ) -> torch.Tensor:
-    """(N, H, W) uint8 -> (N, D) float32 unit image embeddings, batched on ``device``."""
+    """(N, H, W) uint8 -> (N, D) float32 unit image embeddings, batched on ``device``;
+    ``normalize`` must be the model's training normalisation (``train.normalize``)."""
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
         if not isinstance(chunk, torch.Tensor):
             chunk = torch.from_numpy(np.ascontiguousarray(chunk))
-        x = eval_transform(chunk.to(device, non_blocking=True), input_size)
+        x = eval_transform(chunk.to(device, non_blocking=True), input_size, normalize)
         with autocast(device, precision):
             out.append(model.encode_image(x).float())
     if not out:
@@ -95,10 +96,16 @@ def zero_shot_probs(
 
 def load_checkpoint_model(path: Path, device: torch.device) -> ChexDino:
     """Rebuild a trained model from a chexdino checkpoint (weights-only load)."""
+    return load_checkpoint(path, device)[0]
+
+
+def load_checkpoint(path: Path, device: torch.device) -> tuple[ChexDino, str]:
+    """The trained model and the image normalisation it was trained with (checkpoints
+    written before ``train.normalize`` existed were all trained with ``clip``)."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     model = build_model(ckpt["model_config"], load_weights=False)
     model.load_state_dict(ckpt["model"])
-    return model.to(device).eval()
+    return model.to(device).eval(), str(ckpt.get("normalize", "clip"))
 
 
 def ensemble_members(checkpoints_json: Path, top_k: int) -> list[Path]:
@@ -123,12 +130,12 @@ def evaluate_store(
     labels = [lab for lab in eval_cfg.get("labels", LABELS)]
     probs = []
     for path in checkpoints:
-        model = load_checkpoint_model(path, device)
+        model, normalize = load_checkpoint(path, device)
         if eval_cfg.get("compile", False):
             model.visual = torch.compile(model.visual)
-        emb = embed_images(model, images, input_size, device, batch_size, precision)
+        emb = embed_images(model, images, input_size, device, batch_size, precision, normalize)
         probs.append(zero_shot_probs(model, emb, labels, eval_cfg, device, precision))
-        log.info("scored %d images with %s", len(rows), path)
+        log.info("scored %d images with %s (%s normalisation)", len(rows), path, normalize)
     prob = zeroshot.ensemble_probabilities(probs)
     raw = meta.loc[rows, labels].to_numpy(dtype=float)
     targets = zeroshot.eval_targets(raw, eval_cfg.get("uncertain", "exclude"))

@@ -26,7 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from chexdino import LABELS
-from chexdino.dicom import ReducedFilm, read_dicom, read_dicom_reduced
+from chexdino.dicom import MAX_FRAME_PIXELS, ReducedFilm, read_dicom, read_dicom_reduced
 from chexdino.errors import ImageReadError
 from chexdino.h5store import ID_COLUMNS, REJECT_COLUMNS, write_rejects, write_store
 
@@ -45,15 +45,17 @@ Decoded = tuple[np.ndarray | None, tuple[int, int] | None, str | None]
 """(image, source (rows, cols), None) for a kept film, or (None, None, reason) for a reject."""
 
 
-def read_jpg(path: Path, size: int = 320) -> np.ndarray:
+def read_jpg(path: Path, size: int = 320, max_frame_pixels: int = MAX_FRAME_PIXELS) -> np.ndarray:
     """Greyscale pixels of a JPG/PNG. JPEGs decode at reduced scale (long side >= size),
     enough for :func:`resize_and_pad`; PNGs decode at full size."""
-    return _read_with_pillow(Path(path), size)[0]
+    return _read_with_pillow(Path(path), size, max_frame_pixels)[0]
 
 
-def read_image(path: Path, size: int = 320) -> np.ndarray:
+def read_image(
+    path: Path, size: int = 320, max_frame_pixels: int = MAX_FRAME_PIXELS
+) -> np.ndarray:
     """Decode a .dcm, .jpg/.jpeg or .png film to a 2-D uint8 array (bright = dense)."""
-    return _decode(Path(path), size)[0]
+    return _decode(Path(path), size, max_frame_pixels)[0]
 
 
 def resize_and_pad(image: np.ndarray, size: int = 320) -> np.ndarray:
@@ -86,14 +88,19 @@ def _fit_on_canvas(
     return np.asarray(canvas, dtype=np.uint8)
 
 
-def load_cxr(path: Path, size: int = 320) -> tuple[np.ndarray, tuple[int, int]]:
-    """The stored (size, size) image of a film and the film's own (rows, cols)."""
+def load_cxr(
+    path: Path, size: int = 320, max_frame_pixels: int = MAX_FRAME_PIXELS
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """The stored (size, size) image of a film and the film's own (rows, cols).
+
+    A film whose header claims more than ``max_frame_pixels`` is rejected unread.
+    """
     path = Path(path)
     _check_readable(path)
     if path.suffix.lower() in DICOM_SUFFIXES:
-        film = read_dicom_reduced(path, min_long_side=REDUCING_GAP * size)
+        film = read_dicom_reduced(path, REDUCING_GAP * size, max_frame_pixels)
         return _resize_reduced(film, size), film.source_shape
-    image, source_shape = _read_with_pillow(path, size)
+    image, source_shape = _read_with_pillow(path, size, max_frame_pixels)
     return resize_and_pad(image, size), source_shape
 
 
@@ -112,6 +119,7 @@ def process_shard(
     size: int = 320,
     threads: int = 1,
     pool: PoolKind = POOL,
+    max_frame_pixels: int = MAX_FRAME_PIXELS,
 ) -> dict[str, int]:
     """Decode one shard's films into an image store plus a reject table.
 
@@ -122,6 +130,7 @@ def process_shard(
     2000 1329 / 1448 / 1076 (decoder-bound). Threads win slightly where numpy and Pillow
     release the GIL, but the JPEG 2000 decoder (pylibjpeg-openjpeg) holds it, so threads
     cannot speed that up at all; processes scale for every codec.
+    Films larger than ``max_frame_pixels`` are rejected before decoding.
     Returns ``{"input", "kept", "rejected"}`` counts.
     """
     _check_manifest(manifest)
@@ -133,7 +142,7 @@ def process_shard(
     reasons: list[str] = []
     n_kept = 0  # kept films fill images[] front to back, in manifest order
     paths = [str(p) for p in manifest["image_path"]]
-    results = _decode_in_order(paths, size, threads, pool)
+    results = _decode_in_order(paths, size, threads, pool, max_frame_pixels)
     for row, (image, shape, reason) in enumerate(_progress(results, n, Path(out_h5).name)):
         if reason is None:
             images[n_kept], source_shapes[n_kept] = image, shape
@@ -148,13 +157,15 @@ def process_shard(
     return {"input": n, "kept": n_kept, "rejected": n - n_kept}
 
 
-def _decode(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+def _decode(
+    path: Path, size: int, max_frame_pixels: int
+) -> tuple[np.ndarray, tuple[int, int]]:
     """Dispatch on the suffix; returns the decoded picture and the film's (rows, cols)."""
     _check_readable(path)
     if path.suffix.lower() in DICOM_SUFFIXES:
-        image = read_dicom(path)
+        image = read_dicom(path, max_frame_pixels)
         return image, (int(image.shape[0]), int(image.shape[1]))
-    return _read_with_pillow(path, size)
+    return _read_with_pillow(path, size, max_frame_pixels)
 
 
 def _check_readable(path: Path) -> None:
@@ -167,23 +178,36 @@ def _check_readable(path: Path) -> None:
         raise ImageReadError(path, "file not found")
 
 
-def _read_with_pillow(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+def _read_with_pillow(
+    path: Path, size: int, max_frame_pixels: int = MAX_FRAME_PIXELS
+) -> tuple[np.ndarray, tuple[int, int]]:
     """Greyscale pixels (JPEG at draft scale) and the file's full (rows, cols)."""
     try:
-        with Image.open(path) as picture:
+        with Image.open(path) as picture:  # reads the header only
             width, height = picture.size
+            if width * height > max_frame_pixels:
+                raise ImageReadError(
+                    path,
+                    f"frame of {height} x {width} pixels is larger than "
+                    f"images.max_frame_pixels ({max_frame_pixels:,}); refused before decoding",
+                )
             picture.draft("L", _draft_request(width, height, size))  # no-op unless JPEG
             pixels = _greyscale_pixels(picture)
     except FileNotFoundError as exc:
         raise ImageReadError(path, "file not found") from exc
     except UnidentifiedImageError as exc:
         raise ImageReadError(path, "not an image file Pillow can read") from exc
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        first_line = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
-        raise ImageReadError(path, f"truncated or corrupt image: {first_line}") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(path, f"refused before decoding: {_first_line(exc)}") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(path, f"truncated or corrupt image: {_first_line(exc)}") from exc
     if pixels.min() == pixels.max():
         raise ImageReadError(path, f"blank image: every pixel has the value {pixels.flat[0]}")
     return pixels, (height, width)
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:160]
 
 
 def _draft_request(width: int, height: int, size: int) -> tuple[int, int]:
@@ -207,26 +231,28 @@ def _greyscale_pixels(picture: Image.Image) -> np.ndarray:
     return np.asarray(picture.convert("L"), dtype=np.uint8)
 
 
-def _decode_one(path: str, size: int) -> Decoded:
+def _decode_one(path: str, size: int, max_frame_pixels: int = MAX_FRAME_PIXELS) -> Decoded:
     """Worker: one film to its stored image, or to the reason it was rejected."""
     try:
-        image, source_shape = load_cxr(Path(path), size)
+        image, source_shape = load_cxr(Path(path), size, max_frame_pixels)
     except ImageReadError as exc:
         return None, None, exc.reason
     return image, source_shape, None
 
 
 def _decode_in_order(
-    paths: list[str], size: int, workers: int, pool: PoolKind = POOL
+    paths: list[str], size: int, workers: int, pool: PoolKind = POOL,
+    max_frame_pixels: int = MAX_FRAME_PIXELS,
 ) -> Iterator[Decoded]:
     """Decode in manifest order, inline for one worker, else in a pool of ``workers``."""
+    limits = repeat(max_frame_pixels)
     if workers <= 1 or len(paths) <= 1:
-        yield from map(_decode_one, paths, repeat(size))
+        yield from map(_decode_one, paths, repeat(size), limits)
         return
     executor = _make_pool(pool, workers)
     try:
         chunks = {"chunksize": 4} if pool == "process" else {}
-        yield from executor.map(_decode_one, paths, repeat(size), **chunks)
+        yield from executor.map(_decode_one, paths, repeat(size), limits, **chunks)
     finally:  # on an error downstream, drop the queued films instead of decoding them all
         executor.shutdown(wait=True, cancel_futures=True)
 

@@ -6,6 +6,8 @@ Shrunken test and demo models are the same classes built with smaller ``override
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import math
 import warnings
@@ -159,20 +161,27 @@ def _require_random_init(key: str, allowed: bool) -> None:
 
 def read_state_dict(path: Path, key: str) -> dict[str, torch.Tensor]:
     """Read a weights file (.safetensors, .pth/.bin/.pt state dict or TorchScript) safely."""
+    return _read_weights(path, key)[0]
+
+
+def _read_weights(path: Path, key: str) -> tuple[dict[str, torch.Tensor], bool]:
+    """The state dict, and whether the file is TorchScript (the format OpenAI ships CLIP in)."""
     if not path.is_file():
         raise WeightsError(f"{key}: weights file not found: {path}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(path))
+            return load_file(str(path)), False
         except Exception as exc:  # rewrap with the file name
             raise WeightsError(f"{key}: cannot read safetensors file {path}: {exc}") from exc
+    torchscript = False
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # maybe TorchScript (OpenAI's CLIP .pt)
         try:
             obj = torch.jit.load(str(path), map_location="cpu").state_dict()
+            torchscript = True
         except Exception:
             raise WeightsError(
                 f"{key}: {path} is neither a weights-only torch checkpoint nor TorchScript: {exc}"
@@ -182,18 +191,69 @@ def read_state_dict(path: Path, key: str) -> dict[str, torch.Tensor]:
             obj = obj[wrapper]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{key}: {path} does not hold a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    return {k.removeprefix("module."): v for k, v in obj.items()}, torchscript
 
 
 def load_vision_weights(model: nn.Module, path: Path) -> None:
     """Meta's DINOv3 .pth (converted by timm's eva.checkpoint_filter_fn) or a timm file; strict."""
-    from timm.models.eva import checkpoint_filter_fn
-
     state = read_state_dict(path, "model.vision.weights")
     if "storage_tokens" in state:  # Meta's DINOv3 layout (timm calls them reg_token)
-        state = checkpoint_filter_fn(state, model)
+        _check_attention_biases(state, model, path)
+        state = _convert_meta_dinov3(state, model, path)
     state = {k: v for k, v in state.items() if not k.startswith("head.")}
     _load_strict(model, state, "model.vision.weights", path)
+
+
+def _check_attention_biases(state: dict[str, torch.Tensor], model: nn.Module, path: Path) -> None:
+    """Refuse a Meta file whose attention biases the configured timm model would drop.
+
+    Meta's files hold ``qkv.bias`` (masked by ``qkv.bias_mask``: the key part is always 0).
+    timm's converter keeps the query and value parts only if the model has ``q_bias``
+    (``vit_base_patch16_dinov3_qkvb``) and drops them silently otherwise, which is right only
+    when they are all zero, as in Meta's distilled ViT-B/16.
+    """
+    own = model.state_dict()
+    for name, bias in state.items():
+        if not name.endswith("attn.qkv.bias"):
+            continue
+        mask = state.get(name + "_mask")
+        effective = bias if mask is None else bias * (mask != 0).to(bias.dtype)
+        query, key, value = effective.float().chunk(3, dim=-1)
+        if name.replace("qkv.bias", "q_bias") not in own and (query.any() or value.any()):
+            raise WeightsError(
+                f"model.vision.weights: {path} has non-zero attention biases ({name}) that "
+                f"model.vision.name '{_model_name(model)}' has no place for, so they would be "
+                "dropped; set model.vision.name: vit_base_patch16_dinov3_qkvb"
+            )
+        if key.any():
+            raise WeightsError(
+                f"model.vision.weights: {path} has non-zero key biases ({name}); timm's DINOv3 "
+                "holds none, so they would be dropped"
+            )
+
+
+def _model_name(model: nn.Module) -> str:
+    return str(getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__))
+
+
+def _convert_meta_dinov3(
+    state: dict[str, torch.Tensor], model: nn.Module, path: Path
+) -> dict[str, torch.Tensor]:
+    """timm's converter, with what it prints (one line per block for the zero ``qkv.bias``
+    that a model without q_bias skips) kept out of the job log and summarised in one line."""
+    from timm.models.eva import checkpoint_filter_fn
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        converted = checkpoint_filter_fn(state, model)
+    lines = [line for line in printed.getvalue().splitlines() if line.strip()]
+    skipped = [line for line in lines if "q_bias" in line]
+    if skipped:
+        log.info("model.vision.weights: timm's converter skipped %d zero attention biases of %s "
+                 "(the model has no qkv bias): %s", len(skipped), path, skipped[0])
+    for line in sorted(set(lines) - set(skipped)):
+        log.info("model.vision.weights: timm's converter: %s", line)
+    return converted
 
 
 TEXT_KEYS = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.")
@@ -201,23 +261,46 @@ TEXT_KEYS = ("token_embedding.", "positional_embedding", "transformer.", "ln_fin
 
 def load_text_weights(tower: nn.Module, path: Path) -> None:
     """Text-tower weights from an OpenAI CLIP (TorchScript) or open_clip checkpoint; strict."""
-    state = read_state_dict(path, "model.text.weights")
+    state, torchscript = _read_weights(path, "model.text.weights")
+    if torchscript or OPENAI_ONLY_KEYS & set(state):
+        _require_quick_gelu(tower, path)
     if any(k.startswith("text.") for k in state):  # open_clip CustomTextCLIP layout
         state = {k.removeprefix("text."): v for k, v in state.items() if k.startswith("text.")}
     keep = {k: v for k, v in state.items() if k.startswith(TEXT_KEYS) or k == "text_projection"}
     _load_strict(tower, keep, "model.text.weights", path)
 
 
+OPENAI_ONLY_KEYS = frozenset({"input_resolution", "context_length", "vocab_size"})
+"""Entries of OpenAI's CLIP state dicts that open_clip's own checkpoints never hold."""
+
+
+def _require_quick_gelu(tower: nn.Module, path: Path) -> None:
+    """OpenAI's CLIP was trained with QuickGELU: its weights under GELU load without any
+    shape error but compute other features, so refuse a tower without QuickGELU."""
+    from open_clip.transformer import QuickGELU
+
+    if not any(isinstance(m, QuickGELU) for m in tower.modules()):
+        raise WeightsError(
+            f"model.text.weights: {path} is an OpenAI CLIP file (trained with QuickGELU), but "
+            "model.text.name builds a GELU text tower; use the -quickgelu model of the same "
+            "name (e.g. model.text.name: ViT-B-32-quickgelu)"
+        )
+
+
 def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], key: str, path: Path) -> None:
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    shapes = [k for k in set(own) & set(state) if own[k].shape != state[k].shape]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} in the file vs {tuple(own[k].shape)} in the model"
+        for k in sorted(set(own) & set(state)) if own[k].shape != state[k].shape
+    ]
     if missing or unexpected or shapes:
         raise WeightsError(
             f"{key}: {path} does not match the configured architecture: "
             f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected "
-            f"(e.g. {unexpected[:3]}), {len(shapes)} with other shapes (e.g. {shapes[:3]})"
+            f"(e.g. {unexpected[:3]}), {len(shapes)} with other shapes"
+            + (f" (e.g. {'; '.join(shapes[:3])})" if shapes else "")
         )
     module.load_state_dict(state, strict=True)
     log.info("%s: loaded %d tensors from %s", key, len(state), path)

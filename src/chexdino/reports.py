@@ -124,6 +124,14 @@ _BANNER = re.compile(r"^\s*(?:FINAL|PRELIMINARY) REPORT\s*:?\s*$")
 _ADDENDUM_BANNER = re.compile(r"^\s*ADDENDUM\s*$")
 _RULE_LINE = re.compile(r"^\s*_{10,}\s*$")
 _DEID = re.compile(r"_{2,}")
+_MARK = "\x00"  # stands for a removed de-identification mark while the text is tidied
+# A run of removed marks with the hyphens stuck to them ("___-year-old") and the spaces and
+# separators (, ; :) around them: the seam that removing the marks leaves.
+_MARK_RUN = re.compile(rf"[\s,;:]*(?:-?{_MARK}-?[\s,;:]*)+")
+_MARK_IN_PARENS = re.compile(rf"\s*\(\s*(?:{_MARK}\s*)+\)")  # "(___)" goes as a whole
+_SENTENCE_END = ".!?)"
+# A word broken after its hyphen at a line end ("left-\n sided"): the line break goes.
+_LINE_END_HYPHEN = re.compile(r"(?<=[A-Za-z0-9])-[ \t]*\n\s*(?=[a-z0-9])")
 _WS = re.compile(r"\s+")
 _ALNUM = re.compile(r"[A-Za-z0-9]")
 
@@ -213,8 +221,27 @@ def _free_paragraphs(section: Section) -> list[str]:
 
 
 def clean_text(text: str) -> str:
-    """Drop de-identification marks and collapse whitespace, keeping case and punctuation."""
-    return _WS.sub(" ", _DEID.sub(" ", text)).strip()
+    """Drop de-identification marks and collapse whitespace, keeping case and punctuation.
+
+    Words hyphenated at a line break are rejoined ("left-sided", not "left- sided"), and the
+    seam a removed mark leaves is tidied: "increased since ___." -> "increased since.",
+    "Comparison ___, ___." -> "Comparison.", "___-year-old" -> "year-old". A mark between two
+    sentences leaves a space, so sentences are never merged.
+    """
+    text = _LINE_END_HYPHEN.sub("-", text.replace(_MARK, " "))
+    text = _MARK_IN_PARENS.sub(_MARK, _DEID.sub(_MARK, text))
+    text = _MARK_RUN.sub(_close_seam, text)
+    return _WS.sub(" ", text).strip()
+
+
+def _close_seam(match: re.Match[str]) -> str:
+    """What replaces a run of removed marks: nothing before a sentence end or at the start
+    of the text; otherwise a space, after the run's last comma/semicolon/colon, if any."""
+    text, start, end = match.string, match.start(), match.end()
+    if start == 0 or end == len(text) or text[end] in _SENTENCE_END:
+        return ""
+    separators = [c for c in match.group() if c in ",;:"]
+    return (separators[-1] if separators else "") + " "
 
 
 def _usable(text: str) -> bool:

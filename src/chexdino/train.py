@@ -68,6 +68,7 @@ class TrainConfig:
     input_size: int = 224
     crop_scale: list[float] = field(default_factory=lambda: [0.9, 1.0])
     hflip: float = 0.5
+    normalize: str = "clip"
     val_every: int = 500
     val_max_images: int = 5000
     ckpt_every: int = 500
@@ -84,7 +85,8 @@ class TrainConfig:
 
     @property
     def augment(self) -> AugmentConfig:
-        return AugmentConfig(self.input_size, tuple(self.crop_scale), hflip=self.hflip)
+        return AugmentConfig(self.input_size, tuple(self.crop_scale), hflip=self.hflip,
+                             normalize=self.normalize)
 
     @property
     def higher_is_better(self) -> bool:
@@ -221,7 +223,7 @@ class Trainer:
         def forward_loss(images: torch.Tensor, theta: torch.Tensor,
                          tokens: torch.Tensor) -> torch.Tensor:
             """Augment (uint8 in, so CUDA graphs copy 1 byte per pixel), encode, score."""
-            x = apply_augment(images, theta, size)
+            x = apply_augment(images, theta, size, self.cfg.normalize)
             with autocast(self.device, self.cfg.precision):
                 img, txt, scale = self.forward_model(x, tokens)
             # Every rank scores the full global batch (features gathered with gradients).
@@ -331,7 +333,8 @@ class Trainer:
         if n:
             # Image embeddings are computed once and serve both the loss and the AUROC.
             img = embed_images(self.model, self.val.bank.batch(np.arange(n)),
-                               self.cfg.input_size, self.device, 256, self.cfg.precision)
+                               self.cfg.input_size, self.device, 256, self.cfg.precision,
+                               self.cfg.normalize)
             txt = torch.cat([self._embed_tokens(self.val.tokens[s:s + 256])
                              for s in range(0, n, 256)])
             scale = self.model.logit_scale.exp().float()
@@ -374,7 +377,7 @@ class Trainer:
     def _weights_payload(self, val: dict[str, Any] | None) -> dict[str, Any]:
         return {"step": self.step, "model": self.model.state_dict(),
                 "model_config": self.model_cfg.to_dict(), "val": val or {},
-                "chexdino_version": __version__}
+                "normalize": self.cfg.normalize, "chexdino_version": __version__}
 
     def save_checkpoint(self, background: bool = False) -> Path:
         """Full resumable state to ``step_XXXXXXX.pt`` (atomic), then apply retention.

@@ -4,6 +4,10 @@ The training transform is SPEC §3's RandomResizedCrop(224, scale=(0.9, 1.0), bi
 RandomHorizontalFlip(0.5) + Normalize(CLIP mean/std), done for a whole uint8 batch in one
 ``grid_sample`` call: per-sample crop boxes are drawn with torchvision's own rule, and the
 crop, resize and flip become one affine sampling grid. Validation is Resize(224, bicubic).
+
+``train.normalize`` picks the mean/std: ``clip`` (the spec) or ``imagenet`` (what DINOv3's
+released weights were trained with). Training, validation and evaluation use the same one:
+it is recorded in every checkpoint and evaluation reads it from there.
 """
 
 from __future__ import annotations
@@ -16,6 +20,10 @@ import torch.nn.functional as F
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+NORMALIZATIONS = {"clip": (CLIP_MEAN, CLIP_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
+"""``train.normalize`` -> per-channel (mean, std)."""
 
 
 @dataclass(frozen=True)
@@ -26,21 +34,27 @@ class AugmentConfig:
     crop_scale: tuple[float, float] = (0.9, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: float = 0.5
+    normalize: str = "clip"
 
 
-def normalize_gray(x: torch.Tensor) -> torch.Tensor:
-    """(B, 1, H, W) floats in [0, 1] -> (B, 3, H, W) with CLIP's per-channel mean/std."""
-    mean = torch.tensor(CLIP_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+def normalize_gray(x: torch.Tensor, normalize: str = "clip") -> torch.Tensor:
+    """(B, 1, H, W) floats in [0, 1] -> (B, 3, H, W) with the named per-channel mean/std."""
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"train.normalize: '{normalize}' is not one of {sorted(NORMALIZATIONS)}")
+    mean_values, std_values = NORMALIZATIONS[normalize]
+    mean = torch.tensor(mean_values, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(std_values, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     return (x - mean) / std
 
 
-def eval_transform(images: torch.Tensor, input_size: int) -> torch.Tensor:
+def eval_transform(
+    images: torch.Tensor, input_size: int, normalize: str = "clip"
+) -> torch.Tensor:
     """uint8 (B, H, W) -> normalised float (B, 3, S, S): Resize(S, bicubic), as at validation."""
     x = images.unsqueeze(1).float().div_(255.0)
     if x.shape[-1] != input_size or x.shape[-2] != input_size:
         x = F.interpolate(x, size=(input_size, input_size), mode="bicubic", antialias=True)
-    return normalize_gray(x.clamp_(0.0, 1.0))
+    return normalize_gray(x.clamp_(0.0, 1.0), normalize)
 
 
 def sample_crop_boxes(
@@ -106,13 +120,15 @@ def augment_params(
     return crop_flip_theta(boxes, flip, height, width)
 
 
-def apply_augment(images: torch.Tensor, theta: torch.Tensor, input_size: int) -> torch.Tensor:
+def apply_augment(
+    images: torch.Tensor, theta: torch.Tensor, input_size: int, normalize: str = "clip"
+) -> torch.Tensor:
     """uint8 (B, H, W) + maps (B, 2, 3) on one device -> normalised float (B, 3, S, S)."""
     grid = F.affine_grid(theta, [images.shape[0], 1, input_size, input_size],
                          align_corners=False)
     x = images.unsqueeze(1).float().div(255.0)
     x = F.grid_sample(x, grid, mode="bicubic", padding_mode="border", align_corners=False)
-    return normalize_gray(x.clamp(0.0, 1.0))
+    return normalize_gray(x.clamp(0.0, 1.0), normalize)
 
 
 def train_transform(
@@ -126,4 +142,5 @@ def train_transform(
     """
     batch, height, width = images.shape
     theta = augment_params(batch, height, width, cfg, generator)
-    return apply_augment(images, theta.to(images.device, non_blocking=True), cfg.input_size)
+    return apply_augment(images, theta.to(images.device, non_blocking=True), cfg.input_size,
+                         cfg.normalize)
