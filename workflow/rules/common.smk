@@ -2,9 +2,15 @@
 import json
 import os
 import shlex
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 
 from chexdino.config import validate_config
 from chexdino.provenance import module_closure
+from chexdino.slurm_check import RequestError, check_workflow_requests
 
 # Schema plus cross-key and file checks; every problem is named by its dotted key.
 validate_config(
@@ -12,6 +18,24 @@ validate_config(
 )
 
 R = config["results"]
+
+
+def use_planning_environment():
+    """Every job's shell finds the ``chexdino`` of the environment that planned the run.
+
+    A SLURM job starts with the user's login PATH, which need not hold the virtual
+    environment (``.venv/bin/snakemake`` runs without activating it). Snakemake starts each
+    job with the interpreter that runs this file, so the folder of that interpreter goes
+    first on PATH, here and in every job process.
+    """
+    bindir = os.path.dirname(sys.executable)
+    if os.path.exists(os.path.join(bindir, "chexdino")):
+        path = os.environ.get("PATH", "")
+        if path.split(os.pathsep)[0] != bindir:
+            os.environ["PATH"] = bindir + os.pathsep + path
+
+
+use_planning_environment()
 
 
 scattergather:
@@ -65,3 +89,24 @@ def get_final_output():
         *expand(f"{R}/eval/{{evalset}}/summary.json", evalset=eval_sets()),
         f"{R}/run_summary.rst",
     ]
+
+
+def check_slurm_requests():
+    """On SLURM, fit each rule's request to its partition or stop before submitting anything
+    (chexdino.slurm_check). Called at the end of the Snakefile, once every rule exists."""
+    try:
+        check_workflow_requests(workflow, config, logger.warning)
+    except RequestError as error:
+        raise WorkflowError(str(error)) from None
+
+
+onstart:
+    slurm_logs_follow_results()
+
+
+def slurm_logs_follow_results():
+    """SLURM's job logs go to <results>/logs/slurm unless slurm-logdir is set."""
+    settings = workflow.executor_settings
+    executor = getattr(workflow.scheduler, "_executor", None)
+    if getattr(settings, "logdir", True) is None and hasattr(executor, "slurm_logdir"):
+        executor.slurm_logdir = Path(R, "logs", "slurm").resolve()
