@@ -284,7 +284,7 @@ def check_workflow_requests(workflow: Any, config: dict, log: Callable[[str], No
     fitted, notes = fit_requests(requests, partitions, on_cpu=on_cpu,
                                  cpu_partition=default_partition or None)
     rules = {rule.name: rule for rule in workflow.rules}
-    for before, after in zip(requests, fitted):
+    for before, after in zip(requests, fitted, strict=True):
         rule = rules[before.rule]
         if after.partition != before.partition:
             _set(workflow, rule, "slurm_partition", after.partition, after.partition)

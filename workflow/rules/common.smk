@@ -93,7 +93,8 @@ def get_final_output():
 
 def check_slurm_requests():
     """On SLURM, fit each rule's request to its partition or stop before submitting anything
-    (chexdino.slurm_check). Called at the end of the Snakefile, once every rule exists."""
+    (chexdino.slurm_check). Called at the end of the Snakefile, once every rule exists.
+    """
     try:
         check_workflow_requests(workflow, config, logger.warning)
     except RequestError as error:
