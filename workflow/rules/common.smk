@@ -9,6 +9,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
 from chexdino.config import validate_config
+from chexdino.job_env import put_planning_environment_first
 from chexdino.provenance import module_closure
 from chexdino.slurm_check import RequestError, check_workflow_requests
 
@@ -20,22 +21,8 @@ validate_config(
 R = config["results"]
 
 
-def use_planning_environment():
-    """Every job's shell finds the ``chexdino`` of the environment that planned the run.
-
-    A SLURM job starts with the user's login PATH, which need not hold the virtual
-    environment (``.venv/bin/snakemake`` runs without activating it). Snakemake starts each
-    job with the interpreter that runs this file, so the folder of that interpreter goes
-    first on PATH, here and in every job process.
-    """
-    bindir = os.path.dirname(sys.executable)
-    if os.path.exists(os.path.join(bindir, "chexdino")):
-        path = os.environ.get("PATH", "")
-        if path.split(os.pathsep)[0] != bindir:
-            os.environ["PATH"] = bindir + os.pathsep + path
-
-
-use_planning_environment()
+# Jobs run the chexdino of the environment that planned them, whatever the user's PATH.
+put_planning_environment_first(sys.executable)
 
 
 scattergather:
@@ -106,8 +93,16 @@ onstart:
 
 
 def slurm_logs_follow_results():
-    """SLURM's job logs go to <results>/logs/slurm unless slurm-logdir is set."""
+    """SLURM's job logs go to <results>/logs/slurm unless slurm-logdir is set.
+
+    The plugin reads its log folder when the run starts, before any job is submitted and
+    after this config is known; it has no setting relative to the results folder.
+    """
     settings = workflow.executor_settings
+    if getattr(settings, "logdir", True) is not None:
+        return  # not SLURM, or slurm-logdir given
     executor = getattr(workflow.scheduler, "_executor", None)
-    if getattr(settings, "logdir", True) is None and hasattr(executor, "slurm_logdir"):
+    if hasattr(executor, "slurm_logdir"):
         executor.slurm_logdir = Path(R, "logs", "slurm").resolve()
+    else:
+        logger.warning(f"SLURM job logs: in the plugin's default folder, not under {R}")
