@@ -276,7 +276,12 @@ def check_workflow_requests(workflow: Any, config: dict, log: Callable[[str], No
     if shutil.which("scontrol") is None:
         log("SLURM requests not checked against the partitions: scontrol not found")
         return []
-    partitions = query()
+    try:
+        partitions = query()
+    except (OSError, subprocess.SubprocessError) as error:
+        detail = getattr(error, "stderr", None) or error
+        log(f"SLURM requests not checked against the partitions: scontrol failed: {detail}")
+        return []
     default_partition = _concrete(
         workflow.resource_settings._parsed_default_resources.get("slurm_partition"),
         "slurm_partition", None)
