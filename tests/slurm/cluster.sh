@@ -3,8 +3,8 @@
 # without systemd: Debian's slurm-wlm + munge, one node with a CPU partition and a GPU
 # partition. By default the node is what this machine is: its CPU count and memory, and no
 # GPU (the GPU partition holds the same CPU-only node, as on a small cluster that names a
-# `gpu` partition it cannot yet fill). NODE_GPUS=N advertises N `gpu` GRES whose device file
-# is /dev/null (gres.conf: AutoDetect=off; slurmd 22.05 ignores a GPU line with only a Count),
+# `gpu` partition it cannot yet fill). NODE_GPUS=1 advertises one `gpu` GRES whose device
+# file is /dev/null (gres.conf: AutoDetect=off; slurmd 22.05 ignores a GPU line with only a Count),
 # so `--gpus=1` jobs are scheduled as on a real cluster (nothing constrains devices: no
 # cgroup plugins).
 #
@@ -17,7 +17,7 @@
 # `mktemp -d /tmp/chexdino-slurm.XXXXXX` (the name marks /etc/slurm/slurm.conf links as
 # ours). Settings (environment): CPU_PARTITION (cpu), GPU_PARTITION (gpu), SLURMCTLD_PORT /
 # SLURMD_PORT (free ports are picked), NODE_CPUS (this machine's, `nproc`), NODE_MEM_MB (this
-# machine's MemTotal), NODE_GPUS (0). The node's CPUs and memory are declared, not detected
+# machine's MemTotal), NODE_GPUS (0 or 1; 0). The node's CPUs and memory are declared, not detected
 # (SlurmdParameters=config_overrides), so other sizes can be tried on any machine.
 #
 # Client commands find the cluster through SLURM_CONF=DIR/slurm.conf. Inside jobs the SLURM
@@ -117,7 +117,8 @@ start() {
     cpus=${NODE_CPUS:-$(nproc --all)}
     mem=${NODE_MEM_MB:-$(awk '/^MemTotal:/ {print int($2 / 1024)}' /proc/meminfo)}
     gpus=${NODE_GPUS:-0}
-    if ((gpus > 0)); then node_gres=" Gres=gpu:$gpus"; fi
+    [[ $gpus == [01] ]] || die "NODE_GPUS must be 0 or 1 (one /dev/null device), not $gpus"
+    if ((gpus > 0)); then node_gres=" Gres=gpu:1"; fi
 
     # munge: its own key and socket, so a system munged (if any) is left alone.
     runuser -u munge -- mungekey --create --keyfile="$DIR/munge/munge.key"
@@ -172,7 +173,7 @@ EOF
     # GPUs to schedule, nothing to detect or bind (a GPU line without File is ignored).
     {
         echo "AutoDetect=off"
-        if ((gpus > 0)); then echo "NodeName=$host Name=gpu Count=$gpus File=/dev/null"; fi
+        if ((gpus > 0)); then echo "NodeName=$host Name=gpu File=/dev/null"; fi
     } >"$DIR/gres.conf"
     export SLURM_CONF=$DIR/slurm.conf
 
