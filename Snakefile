@@ -24,3 +24,7 @@ rule all:
     default_target: True
     input:
         get_final_output(),
+
+
+# On SLURM: each rule's request checked against its partition before anything is submitted.
+check_slurm_requests()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 from pathlib import Path
 
@@ -15,9 +16,11 @@ import yaml
 from chexdino import __version__
 from chexdino.provenance import (
     environment,
+    executor,
     landing_summary,
     package_versions,
     source_revision,
+    where_jobs_ran,
     write_run_summary,
 )
 
@@ -100,3 +103,40 @@ def test_run_summary_writes_a_column_per_job_and_the_exact_config(tmp_path):
     assert table.loc["torch", "report"] == package_versions(("torch",))["torch"]
     assert yaml.safe_load((tmp_path / "run_config.yaml").read_text()) == config
     assert "**0.700** [0.600, 0.800]" in (tmp_path / "landing.rst").read_text()
+    if "SLURM_JOB_ID" not in os.environ:
+        assert table.loc["slurm_job_id"].tolist() == ["local"] * 3
+        assert "Executor: local (no SLURM)" in (tmp_path / "landing.rst").read_text()
+
+
+def test_a_job_outside_slurm_says_local_and_its_host(monkeypatch):
+    for name in ("SLURM_JOB_ID", "SLURM_JOB_PARTITION", "SLURMD_NODENAME"):
+        monkeypatch.delenv(name, raising=False)
+    here = executor()
+    assert here == {"executor": "local", "slurm_job_id": "local", "slurm_partition": "local",
+                    "node": socket.gethostname()}
+    assert environment()["gpu"] == "none"  # a CPU job
+
+
+def test_a_slurm_job_records_its_job_id_partition_and_node(monkeypatch):
+    # The variables SLURM sets for every task of a job (tests/test_slurm.py reads them back
+    # from a real cluster's jobs).
+    monkeypatch.setenv("SLURM_JOB_ID", "4711")
+    monkeypatch.setenv("SLURM_JOB_PARTITION", "gpu")
+    monkeypatch.setenv("SLURMD_NODENAME", "g01")
+    env = environment()
+    assert {k: env[k] for k in ("executor", "slurm_job_id", "slurm_partition", "node")} == {
+        "executor": "SLURM", "slurm_job_id": "4711", "slurm_partition": "gpu", "node": "g01"}
+
+
+def test_landing_page_says_where_the_jobs_ran():
+    slurm = {"executor": "SLURM", "slurm_job_id": "12", "slurm_partition": "gpu",
+             "node": "g01", "gpu": "NVIDIA H200"}
+    local = {"executor": "local", "slurm_job_id": "local", "slurm_partition": "local",
+             "node": "laptop", "gpu": "none"}
+    assert where_jobs_ran({"train": slurm, "report": dict(slurm, slurm_job_id="13")}) == (
+        "Executor: SLURM (``train`` job 12 on partition gpu, node g01, GPU NVIDIA H200; "
+        "``report`` job 13 on partition gpu, node g01, GPU NVIDIA H200).")
+    assert where_jobs_ran({"train": local, "report": local}) == (
+        "Executor: local (no SLURM), on laptop.")
+    # Results from before executors were recorded.
+    assert where_jobs_ran({"train": {"hardware": "CPU"}}) == "Executor: not recorded."

@@ -1,15 +1,18 @@
-"""The workflow on a real SLURM cluster: `snakemake --profile profiles/slurm` on the small demo.
+"""The workflow on a real SLURM cluster: the README's demo command on the small demo data.
 
 A module fixture starts a single-node cluster (tests/slurm/cluster.sh: Debian's slurm-wlm and
 munge, a CPU and a GPU partition named as in profiles/slurm/config.yaml, a job completion log)
-and stops every daemon it started, by PID. Needs root and apt (or SLURM already installed);
-skipped with the reason otherwise.
+sized as this machine is (its CPUs and memory, no GPU), and stops every daemon it started, by
+PID. Snakemake runs as a new user would start it: `.venv/bin/snakemake` with the environment's
+folder not on PATH. Needs root and apt (or SLURM already installed); skipped with the reason
+otherwise.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
+import pandas as pd
 import pytest
 import yaml
 
@@ -28,12 +32,14 @@ from conftest import demo_run_config
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "profiles" / "slurm"
+README = REPO / "README.md"
+BINDIR = Path(sys.executable).parent  # the environment's .venv/bin
 CLUSTER_SH = REPO / "tests" / "slurm" / "cluster.sh"
 SYSTEM_CONF = Path("/etc/slurm/slurm.conf")
 DAEMONS = ("slurmd", "slurmctld", "munged")
 GPU_RULES = {"train", "evaluate"}
 # Test-only settings on top of the real profile: poll soon after submission (the profile's
-# 40 s suits a busy cluster), SLURM logs in the test's directory, no long waits for files.
+# 40 s suits a busy cluster), no long waits for files.
 FAST = ["--slurm-init-seconds-before-status-checks", "2", "--latency-wait", "5"]
 
 
@@ -81,6 +87,19 @@ class Cluster:
             fields = dict(re.findall(r"(\w+)=(\S*)", line))
             jobs[fields["JobId"]] = fields
         return jobs
+
+    def node(self) -> dict[str, str]:
+        """slurmctld's record of the cluster's one node (CPUTot, RealMemory, Gres, ...)."""
+        out = subprocess.run(["scontrol", "--oneliner", "show", "node"], env=self.env,
+                             capture_output=True, text=True, check=True, timeout=30).stdout
+        return dict(re.findall(r"(\w+)=(\S*)", out.splitlines()[0]))
+
+    def queue(self) -> list[str]:
+        """Jobs slurmctld still holds as pending or running."""
+        out = subprocess.run(["squeue", "-h", "-t", "pending,running", "-o", "%i"],
+                             env=self.env, capture_output=True, text=True, check=True,
+                             timeout=30).stdout
+        return out.split()
 
     def job(self, job_id: str) -> dict[str, str]:
         """slurmctld's record of a job (kept for MinJobAge after it ends)."""
@@ -141,11 +160,28 @@ def cluster() -> Cluster:
         shutil.rmtree(cluster_dir, ignore_errors=True)
 
 
+def path_without_environment(path: str) -> str:
+    """PATH as a new user has it: without the folder of this environment's scripts."""
+    kept = [p for p in path.split(os.pathsep) if p and Path(p).resolve() != BINDIR.resolve()]
+    return os.pathsep.join(kept)
+
+
+def readme_demo_command() -> list[str]:
+    """The SLURM demo command of the README (its first `.venv/bin/snakemake --profile` line),
+    with `.venv/bin` standing for this environment's folder."""
+    section = README.read_text().split("## SLURM", 1)[1]
+    line = next(line for line in section.splitlines()
+                if line.startswith(".venv/bin/snakemake --profile profiles/slurm"))
+    words = shlex.split(line.split("#", 1)[0])
+    return [str(BINDIR / "snakemake"), *words[1:]]
+
+
 def snakemake(args: list[str], env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run Snakemake; past the timeout stop it with SIGINT (it then cancels its SLURM jobs)."""
-    bindir = Path(sys.executable).parent
-    env = dict(env, HF_HUB_OFFLINE="1", PATH=f"{bindir}{os.pathsep}{env['PATH']}")
-    cmd = [str(bindir / "snakemake"), *args]
+    """Run Snakemake as a new user would, the environment not on PATH; past the timeout stop
+    it with SIGINT (it then cancels its SLURM jobs)."""
+    env = dict(env, HF_HUB_OFFLINE="1", PATH=path_without_environment(env["PATH"]))
+    assert shutil.which("chexdino", path=env["PATH"]) is None, "chexdino is on PATH elsewhere"
+    cmd = args if args[0].endswith("snakemake") else [str(BINDIR / "snakemake"), *args]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
@@ -190,15 +226,18 @@ def job_stats(output: str) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def slurm_run(cluster, small_demo, tmp_path_factory):
-    """The whole DAG through profiles/slurm, and the same configuration run locally."""
+    """The README's demo command (plus the small data and short training as one more config
+    file, and quick polling), and the same configuration run locally."""
     base = tmp_path_factory.mktemp("slurm-run")
-    results, logdir = base / "results", base / "slurm-logs"
+    results = base / "results"
     overlay = overlay_config(small_demo, results)
+    command = readme_demo_command()
+    assert command[-2:] == ["--configfile", "tests/demo/config.yaml"], command
     started = time.monotonic()
-    run = snakemake(["--profile", str(PROFILE.relative_to(REPO)), "all", *configs(overlay),
-                     "--slurm-logdir", str(logdir), *FAST], cluster.env)
+    run = snakemake([*command, str(overlay), *FAST], cluster.env)
     seconds = time.monotonic() - started
     assert run.returncode == 0, run.stdout[-10000:]
+    logdir = results / "logs" / "slurm"  # the SLURM logs follow the results folder
 
     local = base / "local"
     local_overlay = overlay_config(small_demo, local)
@@ -218,8 +257,10 @@ def slurm_jobs_by_rule(logdir: Path) -> dict[str, list[str]]:
     return jobs
 
 
-def test_every_job_went_through_sbatch_to_its_partition(slurm_run, cluster):
-    cpu, gpu = profile_partitions()
+def test_every_job_went_through_sbatch_fitted_to_the_cluster(slurm_run, cluster):
+    """The demo (train.device: cpu) on a cluster without GPUs: every job in the CPU
+    partition without a GPU, each request lowered to what the node has, with a note."""
+    cpu, _ = profile_partitions()
     out = slurm_run["output"]
     expected = {rule: n for rule, n in job_stats(out).items() if rule != "all"}
     by_rule = slurm_jobs_by_rule(slurm_run["logdir"])
@@ -227,6 +268,8 @@ def test_every_job_went_through_sbatch_to_its_partition(slurm_run, cluster):
     submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", out)
     assert sorted(submitted) == sorted(i for ids in by_rule.values() for i in ids)
 
+    node = cluster.node()
+    node_cpus, node_mem = int(node["CPUTot"]), int(node["RealMemory"])
     run_id = re.search(r"SLURM run ID: (\S+)", out).group(1)
     finished = cluster.jobcomp()
     for rule, ids in by_rule.items():
@@ -234,14 +277,60 @@ def test_every_job_went_through_sbatch_to_its_partition(slurm_run, cluster):
             job = finished[job_id]
             assert job["Name"] == run_id and job["JobState"] == "COMPLETED", job
             gres = cluster.job(job_id).get("TresPerJob", "")
-            if rule in GPU_RULES:
-                assert job["Partition"] == gpu and gres == "gres:gpu:1", (rule, job, gres)
-            else:
-                assert job["Partition"] == cpu and "gpu" not in gres, (rule, job, gres)
-    # The profile's memory and time requests reached SLURM (train: 96000 MB, 24 h).
+            assert job["Partition"] == cpu and "gpu" not in gres, (rule, job, gres)
+    for rule in GPU_RULES:
+        assert (f"rule {rule}: no GPU requested (gpu=1 dropped) and partition {cpu}: the "
+                "models run on the CPU (train.device: cpu)") in out
+    # The profile asks 8 CPUs and 96000 MB for 24 h for training: what the node cannot give
+    # is lowered to what it has, with a note; the rest reaches SLURM as asked.
     (train_id,) = by_rule["train"]
-    assert "mem=96000M" in finished[train_id]["Tres"]
+    assert finished[train_id]["ProcCnt"] == str(min(8, node_cpus))
+    assert f"mem={min(96000, node_mem)}M" in finished[train_id]["Tres"]
     assert finished[train_id]["TimeLimit"] == "1440"
+    if node_cpus < 8:
+        assert (f"rule train: threads 8 -> {node_cpus}, the most CPUs a node of partition "
+                f"{cpu} has") in out
+    if node_mem < 96000:
+        assert f"rule train: mem_mb 96000 -> {node_mem}, the most memory" in out
+
+
+def test_report_provenance_names_each_jobs_slurm_job_partition_and_node(slurm_run, cluster):
+    results = slurm_run["results"]
+    table = pd.read_csv(results / "provenance.csv", keep_default_na=False).set_index("item")
+    by_rule = slurm_jobs_by_rule(slurm_run["logdir"])
+    finished = cluster.jobcomp()
+    jobs = {"train": by_rule["train"][0], "report": by_rule["run_summary"][0]}
+    for evalset in ("mimic_test", "chexpert_test"):
+        log = next(slurm_run["logdir"].glob(f"rule_evaluate/{evalset}/*.log"))
+        jobs[f"evaluate {evalset}"] = log.stem
+    assert sorted(table.columns) == sorted(jobs)
+    for column, job_id in jobs.items():
+        recorded = table[column]
+        assert recorded["executor"] == "SLURM" and recorded["slurm_job_id"] == job_id, column
+        assert recorded["slurm_partition"] == finished[job_id]["Partition"], column
+        assert recorded["node"] == finished[job_id]["NodeList"], column
+        assert recorded["gpu"] == "none", column  # the demo computes on the CPU
+    landing = (results / "run_summary.rst").read_text()
+    assert f"Executor: SLURM (``train`` job {jobs['train']} on partition" in landing
+
+
+def test_a_gpu_request_on_a_cluster_without_gpus_stops_at_once(cluster, small_demo, tmp_path):
+    """The real-run default (train.device: auto) asks a GPU for train and evaluate; this
+    cluster has none: a clear message naming rule, resource and limit, nothing submitted."""
+    results = tmp_path / "results"
+    overlay = overlay_config(small_demo, results, train={"device": "auto"})
+    jobs_before = set(cluster.jobcomp())
+    started = time.monotonic()
+    run = snakemake([*readme_demo_command(), str(overlay), *FAST], cluster.env, timeout=60)
+    seconds = time.monotonic() - started
+    assert run.returncode != 0 and seconds < 60, (seconds, run.stdout[-3000:])
+    _, gpu = profile_partitions()
+    for rule in GPU_RULES:
+        assert (f"rule {rule}: gpu=1 but the nodes of partition {gpu} have 0 GPUs at most."
+                in run.stdout), run.stdout[-3000:]
+    assert "set train.device: cpu" in run.stdout
+    assert "submitted with SLURM jobid" not in run.stdout
+    assert set(cluster.jobcomp()) == jobs_before and not cluster.queue()
 
 
 def test_images_and_tokens_are_bitwise_identical_to_a_local_run(slurm_run):
@@ -256,23 +345,25 @@ def test_images_and_tokens_are_bitwise_identical_to_a_local_run(slurm_run):
     assert (slurm_run["results"] / "train" / "curves.png").exists()
 
 
-def test_a_failing_job_fails_the_run_and_names_its_slurm_log(cluster, small_demo, tmp_path):
+def test_a_failing_job_fails_the_run_and_shows_its_error(cluster, small_demo, tmp_path):
     broken = tmp_path / "metadata.csv.gz"
     broken.write_bytes(b"this is not a gzip file\n")
-    results, logdir = tmp_path / "results", tmp_path / "slurm-logs"
+    results = tmp_path / "results"
     overlay = overlay_config(small_demo, results, mimic={"metadata_csv": str(broken)})
     run = snakemake(["--profile", str(PROFILE.relative_to(REPO)),
                      str(results / "mimic" / "manifest.csv"), *configs(overlay),
-                     "--slurm-logdir", str(logdir), "--retries", "0", *FAST], cluster.env)
+                     "--retries", "0", *FAST], cluster.env)
     assert run.returncode != 0
     assert "Error in rule select_mimic" in run.stdout
-    (log,) = logdir.glob("rule_select_mimic/*.log")
+    (log,) = (results / "logs" / "slurm").glob("rule_select_mimic/*.log")
     assert str(log) in run.stdout, run.stdout[-6000:]
     job = cluster.jobcomp()[log.stem]
     assert job["JobState"] == "FAILED" and job["Partition"] == profile_partitions()[0]
-    # The rule's own log (also named in the output) holds the reason.
+    # The rule's own log holds the reason, and its end is on the screen (show-failed-logs).
     rule_log = results / "logs" / "select_mimic.log"
-    assert str(rule_log) in run.stdout and rule_log.read_text().strip()
+    assert str(rule_log) in run.stdout
+    reason = rule_log.read_text().strip().splitlines()[-1]
+    assert reason and reason in run.stdout, (reason, run.stdout[-6000:])
 
 
 def _running_job(cluster: Cluster, comment: str, timeout: float) -> str:
@@ -313,15 +404,14 @@ def test_training_stops_on_the_slurm_signal_and_the_retry_resumes(slurm_run, clu
     """What happens before the wall-time limit: SLURM sends USR1 to the job's steps (the
     profile's --signal=USR1@600; here at once, with scancel), the trainer checkpoints and exits
     75, the job fails, and the profile's retries resubmit it; training resumes from there."""
-    results, logdir = tmp_path / "results", tmp_path / "slurm-logs"
+    results = tmp_path / "results"
+    logdir = results / "logs" / "slurm"
     shutil.copytree(slurm_run["results"] / "mimic", results / "mimic")  # train's inputs
     overlay = overlay_config(small_demo, results, train={"steps": 60, "val_every": 30,
                                                          "ckpt_every": 10, "log_every": 1})
-    bindir = Path(sys.executable).parent
-    env = dict(cluster.env, HF_HUB_OFFLINE="1", PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}")
-    cmd = [str(bindir / "snakemake"), "--profile", str(PROFILE.relative_to(REPO)),
-           str(results / "train" / "best.pt"), *configs(overlay), "--slurm-logdir", str(logdir),
-           *FAST]
+    env = dict(cluster.env, HF_HUB_OFFLINE="1", PATH=path_without_environment(cluster.env["PATH"]))
+    cmd = [str(BINDIR / "snakemake"), "--profile", str(PROFILE.relative_to(REPO)),
+           str(results / "train" / "best.pt"), *configs(overlay), *FAST]
     out_file = tmp_path / "snakemake.out"
     with out_file.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)

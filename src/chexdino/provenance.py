@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import platform
+import socket
 import subprocess
 from collections.abc import Sequence
 from importlib import metadata
@@ -142,6 +143,30 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def gpu_model(device: Any = None) -> str:
+    """The GPU a job computed on, or ``none`` (a CPU job, or no GPU visible)."""
+    import torch
+
+    if device is not None and str(device).startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return "none"
+
+
+def executor() -> dict[str, str]:
+    """Where the job ran: its SLURM job id, partition and node, or ``local``.
+
+    SLURM sets these variables for every task of a job (the executor plugin's ``srun`` step
+    included); outside SLURM the job id and partition read ``local``.
+    """
+    node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return {"executor": "local", "slurm_job_id": "local", "slurm_partition": "local",
+                "node": node}
+    return {"executor": "SLURM", "slurm_job_id": job,
+            "slurm_partition": os.environ.get("SLURM_JOB_PARTITION", "unknown"), "node": node}
+
+
 def environment(device: Any = None) -> dict[str, Any]:
     """Everything about the running job that a reader needs to reproduce its numbers."""
     return {
@@ -150,8 +175,28 @@ def environment(device: Any = None) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "hardware": hardware(device),
+        **executor(),
+        "gpu": gpu_model(device),
         "packages": package_versions(),
     }
+
+
+def where_jobs_ran(environments: dict[str, dict[str, Any]]) -> str:
+    """One sentence for the landing page: SLURM (job, partition, node, GPU per job) or local."""
+    ran = {job: env for job, env in sorted(environments.items(), key=lambda i: i[0] == "report")
+           if "executor" in env}  # the jobs behind the numbers first, this summary's last
+    if not ran:
+        return "Executor: not recorded."
+    slurm = {job: env for job, env in ran.items() if env["executor"] == "SLURM"}
+    if not slurm:
+        nodes = sorted({env.get("node", "?") for env in ran.values()})
+        return f"Executor: local (no SLURM), on {', '.join(nodes)}."
+    parts = [f"``{job}`` job {env.get('slurm_job_id')} on partition "
+             f"{env.get('slurm_partition')}, node {env.get('node')}, GPU {env.get('gpu', '?')}"
+             for job, env in slurm.items()]
+    local = sorted(set(ran) - set(slurm))
+    tail = f"; run locally: {', '.join(local)}" if local else ""
+    return f"Executor: SLURM ({'; '.join(parts)}{tail})."
 
 
 def provenance_table(environments: dict[str, dict[str, Any]]) -> pd.DataFrame:
@@ -177,7 +222,8 @@ def _fmt_auroc(summary: dict[str, Any]) -> str:
 
 
 def landing_summary(dataset: dict[str, Any], training: dict[str, Any],
-                    scorecards: dict[str, dict[str, Any]]) -> str:
+                    scorecards: dict[str, dict[str, Any]],
+                    environments: dict[str, dict[str, Any]] | None = None) -> str:
     """The reStructuredText block the report's landing page includes: headline numbers first."""
     lines = ["Headline results", "~~~~~~~~~~~~~~~~", ""]
     lines += ["Mean zero-shot AUROC over the five competition labels "
@@ -200,6 +246,8 @@ def landing_summary(dataset: dict[str, Any], training: dict[str, Any],
               f"(source ``{env.get('source_revision', 'unknown')}``), "
               f"torch {env.get('packages', {}).get('torch', '?')}; every job's versions are "
               "in 4. Provenance, next to the exact configuration.", ""]
+    if environments:
+        lines += [where_jobs_ran(environments), ""]
     return "\n".join(lines)
 
 
@@ -226,7 +274,7 @@ def write_run_summary(dataset_json: Path, checkpoints_json: Path,
             environments[f"evaluate {name}"] = summary["environment"]
     for path in (out_rst, out_table, out_config):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(out_rst).write_text(landing_summary(dataset, training, scorecards))
+    Path(out_rst).write_text(landing_summary(dataset, training, scorecards, environments))
     provenance_table(environments).to_csv(out_table, index=False)
     Path(out_config).write_text(
         "# The configuration this run used (defaults, --configfile and --config merged).\n"

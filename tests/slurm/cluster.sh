@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # A real single-node SLURM cluster for the integration test (tests/test_slurm.py), as root,
 # without systemd: Debian's slurm-wlm + munge, one node with a CPU partition and a GPU
-# partition. The node has no GPU; it advertises one `gpu` GRES whose device file is /dev/null
-# (gres.conf: AutoDetect=off; slurmd 22.05 ignores a GPU line with only a Count), so
-# `--gpus=1` / `--gres=gpu:1` jobs are scheduled as on a real cluster, one at a time (nothing
-# constrains devices: no cgroup plugins).
+# partition. By default the node is what this machine is: its CPU count and memory, and no
+# GPU (the GPU partition holds the same CPU-only node, as on a small cluster that names a
+# `gpu` partition it cannot yet fill). NODE_GPUS=1 advertises one `gpu` GRES whose device
+# file is /dev/null (gres.conf: AutoDetect=off; slurmd 22.05 ignores a GPU line with only a Count),
+# so `--gpus=1` jobs are scheduled as on a real cluster (nothing constrains devices: no
+# cgroup plugins).
 #
 #   tests/slurm/cluster.sh start DIR   install what is missing, write DIR/slurm.conf, start
 #                                      munged (as the munge user), slurmctld and slurmd, wait
@@ -12,10 +14,11 @@
 #   tests/slurm/cluster.sh stop DIR    cancel remaining jobs, stop the three daemons by PID
 #
 # DIR: an empty directory named chexdino-slurm* that the munge user can reach, e.g.
-# `mktemp -d /tmp/chexdino-slurm.XXXXXX` (the name marks /etc/slurm/slurm.conf links as ours). Settings (environment): CPU_PARTITION (cpu), GPU_PARTITION (gpu),
-# SLURMCTLD_PORT / SLURMD_PORT (free ports are picked), NODE_CPUS (16), NODE_MEM_MB (131072).
-# The node's CPUs and memory are declared, not detected (SlurmdParameters=config_overrides),
-# so the real profile's requests (8 CPUs, 96 GB) are accepted on a small test machine.
+# `mktemp -d /tmp/chexdino-slurm.XXXXXX` (the name marks /etc/slurm/slurm.conf links as
+# ours). Settings (environment): CPU_PARTITION (cpu), GPU_PARTITION (gpu), SLURMCTLD_PORT /
+# SLURMD_PORT (free ports are picked), NODE_CPUS (this machine's, `nproc`), NODE_MEM_MB (this
+# machine's MemTotal), NODE_GPUS (0 or 1; 0). The node's CPUs and memory are declared, not detected
+# (SlurmdParameters=config_overrides), so other sizes can be tried on any machine.
 #
 # Client commands find the cluster through SLURM_CONF=DIR/slurm.conf. Inside jobs the SLURM
 # executor plugin starts `srun` with every SLURM_* variable removed, so srun needs the default
@@ -105,14 +108,17 @@ start() {
     mkdir -p "$(dirname "$SYSTEM_CONF")"
     ln -s "$DIR/slurm.conf" "$SYSTEM_CONF"
 
-    local host ctld_port slurmd_port cpu_part gpu_part cpus mem
+    local host ctld_port slurmd_port cpu_part gpu_part cpus mem gpus node_gres=""
     host=$(hostname -s)
     ctld_port=${SLURMCTLD_PORT:-$(free_port)}
     slurmd_port=${SLURMD_PORT:-$(free_port)}
     cpu_part=${CPU_PARTITION:-cpu}
     gpu_part=${GPU_PARTITION:-gpu}
-    cpus=${NODE_CPUS:-16}
-    mem=${NODE_MEM_MB:-131072}
+    cpus=${NODE_CPUS:-$(nproc --all)}
+    mem=${NODE_MEM_MB:-$(awk '/^MemTotal:/ {print int($2 / 1024)}' /proc/meminfo)}
+    gpus=${NODE_GPUS:-0}
+    [[ $gpus == [01] ]] || die "NODE_GPUS must be 0 or 1 (one /dev/null device), not $gpus"
+    if ((gpus > 0)); then node_gres=" Gres=gpu:1"; fi
 
     # munge: its own key and socket, so a system munged (if any) is left alone.
     runuser -u munge -- mungekey --create --keyfile="$DIR/munge/munge.key"
@@ -160,15 +166,15 @@ JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/filetxt
 JobCompLoc=$DIR/jobcomp.log
 GresTypes=gpu
-NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem Gres=gpu:1 State=UNKNOWN
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem$node_gres State=UNKNOWN
 PartitionName=$cpu_part Nodes=$host Default=YES MaxTime=INFINITE State=UP
 PartitionName=$gpu_part Nodes=$host MaxTime=INFINITE State=UP
 EOF
-    cat >"$DIR/gres.conf" <<EOF
-# One GPU to schedule, nothing to detect or bind (a GPU line without File is ignored).
-AutoDetect=off
-NodeName=$host Name=gpu File=/dev/null
-EOF
+    # GPUs to schedule, nothing to detect or bind (a GPU line without File is ignored).
+    {
+        echo "AutoDetect=off"
+        if ((gpus > 0)); then echo "NodeName=$host Name=gpu File=/dev/null"; fi
+    } >"$DIR/gres.conf"
     export SLURM_CONF=$DIR/slurm.conf
 
     slurmctld -f "$SLURM_CONF" -i 9>&-

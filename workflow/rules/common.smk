@@ -2,9 +2,16 @@
 import json
 import os
 import shlex
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 
 from chexdino.config import validate_config
+from chexdino.job_env import put_planning_environment_first
 from chexdino.provenance import module_closure
+from chexdino.slurm_check import RequestError, check_workflow_requests
 
 # Schema plus cross-key and file checks; every problem is named by its dotted key.
 validate_config(
@@ -12,6 +19,10 @@ validate_config(
 )
 
 R = config["results"]
+
+
+# Jobs run the chexdino of the environment that planned them, whatever the user's PATH.
+put_planning_environment_first(sys.executable)
 
 
 scattergather:
@@ -65,3 +76,33 @@ def get_final_output():
         *expand(f"{R}/eval/{{evalset}}/summary.json", evalset=eval_sets()),
         f"{R}/run_summary.rst",
     ]
+
+
+def check_slurm_requests():
+    """On SLURM, fit each rule's request to its partition or stop before submitting anything
+    (chexdino.slurm_check). Called at the end of the Snakefile, once every rule exists.
+    """
+    try:
+        check_workflow_requests(workflow, config, logger.warning)
+    except RequestError as error:
+        raise WorkflowError(str(error)) from None
+
+
+onstart:
+    slurm_logs_follow_results()
+
+
+def slurm_logs_follow_results():
+    """SLURM's job logs go to <results>/logs/slurm unless slurm-logdir is set.
+
+    The plugin reads its log folder when the run starts, before any job is submitted and
+    after this config is known; it has no setting relative to the results folder.
+    """
+    settings = workflow.executor_settings
+    if getattr(settings, "logdir", True) is not None:
+        return  # not SLURM, or slurm-logdir given
+    executor = getattr(workflow.scheduler, "_executor", None)
+    if hasattr(executor, "slurm_logdir"):
+        executor.slurm_logdir = Path(R, "logs", "slurm").resolve()
+    else:
+        logger.warning(f"SLURM job logs: in the plugin's default folder, not under {R}")
