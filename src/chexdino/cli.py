@@ -197,6 +197,25 @@ def cmd_scorecard(a: argparse.Namespace) -> None:
         print(format_table(table, summary.get("headline", summary)))
 
 
+@command("predict")
+def cmd_predict(a: argparse.Namespace) -> None:
+    from chexdino.predict import PredictSettings, default_config, merge_configs, predict_files
+
+    configs = [Path(c) for c in a.config] or [default_config(Path(a.model))]
+    log.info("settings from %s", ", ".join(map(str, configs)))
+    settings = PredictSettings.from_config(merge_configs(configs))
+    if a.labels:
+        settings.labels = list(a.labels)
+    settings.device = a.device or settings.device
+    settings.precision = a.precision or settings.precision
+    out = Path(a.out)
+    rejects = Path(a.rejects) if a.rejects else out.with_name(f"{out.stem}_rejects.csv")
+    counts = predict_files(Path(a.model), [Path(f) for f in a.files], settings, out, rejects,
+                           batch_size=a.batch_size)
+    print(f"{counts['predicted']} films scored -> {out}; {counts['rejected']} rejected -> "
+          f"{rejects}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chexdino", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -271,6 +290,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("scorecard", help="print the AUROC tables of a results folder")
     s.add_argument("results")
+
+    s = sub.add_parser("predict", help="zero-shot probabilities for new films (DICOM/JPG/PNG)")
+    s.add_argument("files", nargs="+", metavar="FILE_OR_FOLDER")
+    s.add_argument("--model", required=True, help="a chexdino checkpoint (results/train/best.pt)")
+    s.add_argument("--out", required=True, help="predictions CSV")
+    s.add_argument("--rejects", default="", help="rejects CSV (default: <out>_rejects.csv)")
+    s.add_argument("--config", nargs="*", default=[],
+                   help="the run's config files, merged in order (default: the run_config.yaml "
+                        "of the results folder holding --model)")
+    s.add_argument("--labels", nargs="*", default=[], help="labels to score (default: config)")
+    s.add_argument("--device", default="", help="auto, cuda or cpu (default: config)")
+    s.add_argument("--precision", default="", help="bf16 (GPU only) or fp32 (default: config)")
+    s.add_argument("--batch-size", type=int, default=64)
     return p
 
 
