@@ -199,11 +199,16 @@ def cmd_scorecard(a: argparse.Namespace) -> None:
 
 @command("predict")
 def cmd_predict(a: argparse.Namespace) -> None:
+    from chexdino.export import exported_settings, is_exported
     from chexdino.predict import PredictSettings, default_config, merge_configs, predict_files
 
-    configs = [Path(c) for c in a.config] or [default_config(Path(a.model))]
-    log.info("settings from %s", ", ".join(map(str, configs)))
-    settings = PredictSettings.from_config(merge_configs(configs))
+    if is_exported(Path(a.model)) and not a.config:
+        log.info("settings from %s/open_clip_config.json", a.model)
+        settings = PredictSettings.from_exported(exported_settings(Path(a.model)))
+    else:
+        configs = [Path(c) for c in a.config] or [default_config(Path(a.model))]
+        log.info("settings from %s", ", ".join(map(str, configs)))
+        settings = PredictSettings.from_config(merge_configs(configs))
     if a.labels:
         settings.labels = list(a.labels)
     settings.device = a.device or settings.device
@@ -214,6 +219,16 @@ def cmd_predict(a: argparse.Namespace) -> None:
                            batch_size=a.batch_size)
     print(f"{counts['predicted']} films scored -> {out}; {counts['rejected']} rejected -> "
           f"{rejects}")
+
+
+@command("export")
+def cmd_export(a: argparse.Namespace) -> None:
+    from chexdino.export import export_run
+
+    export_run(Path(a.model), Path(a.results), Path(a.out_dir),
+               Path(a.landing) if a.landing else None)
+    print(f"exported {a.model} -> {a.out_dir} (model.safetensors, open_clip_config.json, "
+          "README.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -303,6 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="", help="auto, cuda or cpu (default: config)")
     s.add_argument("--precision", default="", help="bf16 (GPU only) or fp32 (default: config)")
     s.add_argument("--batch-size", type=int, default=64)
+
+    s = sub.add_parser("export", help="an open_clip model folder with a model card")
+    s.add_argument("--model", required=True, help="a chexdino checkpoint (results/train/best.pt)")
+    s.add_argument("--results", required=True, help="the finished run's results folder")
+    s.add_argument("--out-dir", required=True)
+    s.add_argument("--landing", default="", help="also write the report's landing-page block")
     return p
 
 

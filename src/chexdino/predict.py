@@ -26,6 +26,7 @@ from tqdm import tqdm
 from chexdino import LABELS, zeroshot
 from chexdino.errors import ChexdinoError, ImageReadError
 from chexdino.evaluate import embed_images, load_checkpoint_model, pick_device, zero_shot_probs
+from chexdino.export import is_exported, load_exported
 from chexdino.images import load_cxr
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,13 @@ class PredictSettings:
                    labels=list(evaluate.get("labels", LABELS)), evaluate=evaluate,
                    precision=str(train.get("precision", "bf16")),
                    device=str(train.get("device", "auto")))
+
+    @classmethod
+    def from_exported(cls, section: Mapping[str, Any]) -> PredictSettings:
+        """The ``chexdino`` section of an exported folder's ``open_clip_config.json``."""
+        prep = section["preprocessing"]
+        return cls(store_size=int(prep["store_size"]), input_size=int(prep["input_size"]),
+                   labels=list(section["labels"]), evaluate=dict(section.get("evaluate", {})))
 
 
 def merge_configs(paths: Sequence[Path]) -> dict[str, Any]:
@@ -90,6 +98,18 @@ def default_config(model_path: Path) -> Path:
         f"no run_config.yaml found near {model_path}: pass the run's settings with --config "
         "(the results folder's run_config.yaml, or config.yaml plus any --configfile overlays)"
     )
+
+
+def load_model(path: Path, device: torch.device):
+    """A chexdino checkpoint (``train/best.pt``) or an exported model folder."""
+    if is_exported(path):
+        return load_exported(path, device)
+    if path.is_dir():
+        raise ChexdinoError(f"--model: {path} is a folder without model.safetensors and "
+                            "open_clip_config.json (not a chexdino export)")
+    if not path.is_file():
+        raise ChexdinoError(f"--model: file not found: {path}")
+    return load_checkpoint_model(path, device)
 
 
 def collect_files(inputs: Sequence[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -142,7 +162,7 @@ def predict_files(
     Returns ``{"input", "predicted", "rejected"}``.
     """
     device, precision = pick_device(settings.device), settings.precision
-    model = load_checkpoint_model(Path(model_path), device)
+    model = load_model(Path(model_path), device)
     files, rejects = collect_files(inputs)
     pairs = zeroshot.prompt_pairs(settings.labels, **_prompts(settings.evaluate))
     log.info("scoring %d files for %d labels (input %d px) with %s", len(files),

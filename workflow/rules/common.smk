@@ -64,4 +64,6 @@ def get_final_output():
         f"{R}/train/curves.png",
         *expand(f"{R}/eval/{{evalset}}/summary.json", evalset=eval_sets()),
         f"{R}/run_summary.rst",
+        f"{R}/export/model.safetensors",
+        f"{R}/model_summary.rst",
     ]

@@ -1,0 +1,379 @@
+"""Hand the trained model to people who do not run chexdino: an open_clip folder with a card.
+
+The folder holds ``model.safetensors`` (no pickle) in open_clip's ``CustomTextCLIP`` key
+layout, ``open_clip_config.json`` (open_clip's ``model_cfg``: a timm vision tower with token
+pooling and a biased linear projection, the CLIP ViT-B/32 text tower; its ``preprocess_cfg``;
+and a ``chexdino`` section with the exact preprocessing and the zero-shot prompts), and a model
+card ``README.md``. ``open_clip.create_model_and_transforms("local-dir:<folder>")`` rebuilds
+the model offline with the same image and text embeddings; :func:`load_exported` rebuilds it
+in chexdino, so predict and evaluate take a folder as well as a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from chexdino import __version__
+from chexdino.model import ChexDino, ModelConfig, build_model
+from chexdino.transforms import CLIP_MEAN, CLIP_STD
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "open_clip_config.json"
+CARD_FILE = "README.md"
+TOKENIZER = "open_clip SimpleTokenizer (CLIP BPE, bpe_simple_vocab_16e6), context length 77"
+
+
+# --------------------------------------------------------------------------------------
+# weights and configs in open_clip's layout
+# --------------------------------------------------------------------------------------
+
+
+def to_open_clip_key(key: str) -> str:
+    """chexdino parameter name -> open_clip ``CustomTextCLIP`` name (timm trunk + head)."""
+    if key.startswith("visual_proj."):
+        return "visual.head.proj." + key.removeprefix("visual_proj.")
+    if key.startswith("visual."):
+        return "visual.trunk." + key.removeprefix("visual.")
+    return key  # text.* and logit_scale are open_clip's own names already
+
+
+def from_open_clip_key(key: str) -> str:
+    """Inverse of :func:`to_open_clip_key`."""
+    if key.startswith("visual.head.proj."):
+        return "visual_proj." + key.removeprefix("visual.head.proj.")
+    if key.startswith("visual.trunk."):
+        return "visual." + key.removeprefix("visual.trunk.")
+    return key
+
+
+def open_clip_model_config(cfg: ModelConfig, input_size: int) -> dict[str, Any]:
+    """open_clip ``model_cfg`` that builds exactly this architecture.
+
+    timm constructor overrides (shrunken test and demo towers) go to ``timm_model_kwargs``,
+    which open_clip 3.3.0 does not know: it then refuses the config by name instead of
+    building a different network. The real run (no overrides) loads in any open_clip 3.x.
+    """
+    import open_clip
+
+    named = open_clip.get_model_config(cfg.text.name)
+    vision: dict[str, Any] = {
+        "image_size": input_size, "timm_model_name": cfg.vision.name, "timm_pool": "token",
+        "timm_proj": "linear", "timm_proj_bias": True,
+    }
+    if cfg.vision.overrides:
+        vision["timm_model_kwargs"] = dict(cfg.vision.overrides)
+    return {
+        "embed_dim": cfg.embed_dim,
+        "quick_gelu": bool(named.get("quick_gelu", False)),
+        "custom_text": True,
+        "vision_cfg": vision,
+        "text_cfg": {**named["text_cfg"], **cfg.text.overrides},
+    }
+
+
+def preprocess_config(input_size: int) -> dict[str, Any]:
+    """open_clip's ``preprocess_cfg``: aspect-kept resize of the long side, black padding.
+
+    open_clip's transform letterboxes straight to ``input_size``; chexdino letterboxes to the
+    stored 320 px first (Lanczos) and then resizes (bicubic). The exact recipe is in the
+    config's ``chexdino.preprocessing`` and in ``chexdino predict``.
+    """
+    return {"size": input_size, "mode": "RGB", "mean": list(CLIP_MEAN), "std": list(CLIP_STD),
+            "interpolation": "bicubic", "resize_mode": "longest", "fill_color": 0}
+
+
+def exact_preprocessing(store_size: int, input_size: int) -> dict[str, Any]:
+    """The training-time evaluation preprocessing, step by step (what predict does)."""
+    return {
+        "decode": "DICOM via pydicom (Modality LUT, VOI LUT or window, MONOCHROME1 inverted, "
+                  "scaled to uint8); JPG/PNG via Pillow, greyscale",
+        "store_size": store_size,
+        "letterbox": f"long side to {store_size} px (Lanczos), centred on a black "
+                     f"{store_size}x{store_size} canvas",
+        "input_size": input_size,
+        "resize": f"bicubic (antialiased) {store_size} -> {input_size} px",
+        "channels": "greyscale replicated to 3 channels",
+        "mean": list(CLIP_MEAN),
+        "std": list(CLIP_STD),
+    }
+
+
+def export_model(
+    checkpoint: Path, out_dir: Path, settings: Mapping[str, Any], card: str | None = None,
+) -> dict[str, Path]:
+    """Write ``model.safetensors``, ``open_clip_config.json`` and the card into ``out_dir``.
+
+    ``settings``: ``store_size``, ``input_size``, ``labels`` and the ``evaluate`` prompt
+    settings, so chexdino can score with the folder exactly as with the checkpoint.
+    """
+    from safetensors.torch import save_file
+
+    from chexdino.h5store import atomic_output
+
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    cfg = ModelConfig.from_dict(ckpt["model_config"])
+    state = {to_open_clip_key(k): v.detach().float().contiguous()
+             for k, v in ckpt["model"].items()}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"weights": out_dir / WEIGHTS_FILE, "config": out_dir / CONFIG_FILE,
+             "card": out_dir / CARD_FILE}
+    with atomic_output(paths["weights"]) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "source": "chexdino " + __version__})
+    doc = {
+        "model_cfg": open_clip_model_config(cfg, int(settings["input_size"])),
+        "preprocess_cfg": preprocess_config(int(settings["input_size"])),
+        "chexdino": {
+            "version": __version__,
+            "model_config": cfg.to_dict(),
+            "tokenizer": TOKENIZER,
+            "preprocessing": exact_preprocessing(int(settings["store_size"]),
+                                                 int(settings["input_size"])),
+            "labels": list(settings["labels"]),
+            "evaluate": dict(settings.get("evaluate", {})),
+            "step": int(ckpt.get("step", -1)),
+        },
+    }
+    paths["config"].write_text(json.dumps(doc, indent=2) + "\n")
+    paths["card"].write_text(card or f"# chexdino model\n\nExported from {checkpoint}.\n")
+    log.info("exported %s (%d tensors) to %s", checkpoint, len(state), out_dir)
+    return paths
+
+
+def is_exported(path: Path) -> bool:
+    """A folder written by :func:`export_model` (config and weights present)."""
+    path = Path(path)
+    return path.is_dir() and (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+
+
+def exported_settings(folder: Path) -> dict[str, Any]:
+    """The ``chexdino`` section of an exported folder's config (preprocessing and prompts)."""
+    from chexdino.errors import ChexdinoError
+
+    doc = json.loads((Path(folder) / CONFIG_FILE).read_text())
+    if "chexdino" not in doc:
+        raise ChexdinoError(f"{folder / CONFIG_FILE} has no 'chexdino' section: not a chexdino "
+                            "export (give its settings with --config)")
+    return doc["chexdino"]
+
+
+def load_exported(folder: Path, device: torch.device | str = "cpu") -> ChexDino:
+    """Rebuild the chexdino model from an exported folder (strict: every tensor must match)."""
+    from safetensors.torch import load_file
+
+    from chexdino.errors import WeightsError
+
+    folder = Path(folder)
+    model = build_model(exported_settings(folder)["model_config"], load_weights=False)
+    state = {from_open_clip_key(k): v for k, v in load_file(str(folder / WEIGHTS_FILE)).items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise WeightsError(f"{folder / WEIGHTS_FILE} does not match its {CONFIG_FILE}: "
+                           f"{str(exc).splitlines()[0]}") from exc
+    return model.to(device).eval()
+
+
+# --------------------------------------------------------------------------------------
+# model card
+# --------------------------------------------------------------------------------------
+
+
+def _num(x: Any) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{float(x):.3f}"
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A DataFrame as a Markdown table (floats to 3 decimals, NaN as n/a)."""
+    cols = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in frame.itertuples(index=False):
+        cells = [_num(v) if isinstance(v, float) else str(v) for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def scorecard_markdown(table: pd.DataFrame, headline: Mapping[str, Any]) -> str:
+    """Per-label AUROC with CIs plus the headline mean, for the card."""
+    shown = pd.DataFrame({
+        "label": table["label"],
+        "AUROC": table["auroc"].astype(float),
+        "95% CI": [f"[{_num(lo)}, {_num(hi)}]"
+                   for lo, hi in zip(table["ci_low"], table["ci_high"], strict=True)],
+        "positives": table["n_pos"], "negatives": table["n_neg"],
+    })
+    lo, hi = headline.get("mean_auroc_competition_ci") or [None, None]
+    return (markdown_table(shown) + "\n\nMean over the five competition labels: "
+            f"**{_num(headline.get('mean_auroc_competition'))}** [{_num(lo)}, {_num(hi)}] "
+            f"({headline.get('n_images', '?')} images).")
+
+
+def model_card(
+    config: Mapping[str, Any], training: Mapping[str, Any], dataset: Mapping[str, Any],
+    scorecards: Mapping[str, tuple[pd.DataFrame, Mapping[str, Any]]],
+    extra_sections: Mapping[str, str] | None = None,
+) -> str:
+    """The exported folder's README.md: what the model is, how it was made and scored, limits."""
+    model, train = config.get("model", {}), config.get("train", {})
+    env = training.get("environment", {})
+    random_init = [t for t in ("vision", "text") if model.get(t, {}).get("random_init")]
+    lines = [
+        "# chexdino chest X-ray vision-language model", "",
+        f"A CLIP-style model trained by chexdino {env.get('chexdino', __version__)} on "
+        "MIMIC-CXR chest X-rays and the impressions of their radiology reports: image tower "
+        f"`{model.get('vision', {}).get('name')}` (timm, CLS token, linear projection to "
+        f"{model.get('embed_dim')}-d), text tower of open_clip's "
+        f"`{model.get('text', {}).get('name')}`, both L2-normalised into one space.", "",
+    ]
+    if random_init:
+        lines += [f"**Not pretrained: the {' and '.join(random_init)} tower(s) were trained from "
+                  "random initialisation** (`model.*.random_init: true`).", ""]
+    lines += [
+        "## Use", "",
+        "```python",
+        "import open_clip",
+        "model, _, preprocess = open_clip.create_model_and_transforms('local-dir:PATH/TO/FOLDER')",
+        "tokenizer = open_clip.get_tokenizer('local-dir:PATH/TO/FOLDER')",
+        "```", "",
+        "open_clip's `preprocess` letterboxes the film straight to the input size; the "
+        "training-time recipe (greyscale, long side to the stored size with Lanczos on a "
+        "black square, bicubic resize, CLIP mean/std) is in `open_clip_config.json` under "
+        "`chexdino.preprocessing`. `chexdino predict --model FOLDER FILMS... --out p.csv` "
+        "applies it exactly, with the prompts under `chexdino.evaluate`.", "",
+        f"Tokenizer: {TOKENIZER}. Weights: `{WEIGHTS_FILE}` (safetensors, open_clip key layout).",
+        "",
+    ]
+    if model.get("vision", {}).get("overrides"):
+        lines += ["The image tower is a shrunken timm model (`timm_model_kwargs` "
+                  f"{json.dumps(model['vision']['overrides'])}): open_clip 3.3.0 cannot pass "
+                  "constructor arguments to timm and refuses this config by name; load it with "
+                  "chexdino or an open_clip that knows `timm_model_kwargs`.", ""]
+    lines += [
+        "## Data and training", "",
+        f"- Data: {dataset.get('input_records', '?')} MIMIC-CXR image records, "
+        f"{dataset.get('kept', '?')} used, {dataset.get('rejected', '?')} rejected with a reason; "
+        f"views {config.get('select', {}).get('views')}, official splits "
+        f"{config.get('select', {}).get('splits')} (train for training, validate for model "
+        "selection, test for the scores below).",
+        f"- Training: {train.get('steps')} steps at batch {train.get('batch_size')}, "
+        f"{train.get('optimizer')} lr {train.get('lr')}, input {train.get('input_size')} px, "
+        f"temperature initialised at {model.get('init_temperature')}; best checkpoint at step "
+        f"{training.get('best_step', '?')} by {training.get('select_by', '?')}.",
+        f"- Hardware and software: {env.get('hardware', 'not recorded')}; source revision "
+        f"`{env.get('source_revision', 'unknown')}`, torch "
+        f"{env.get('packages', {}).get('torch', '?')}, timm "
+        f"{env.get('packages', {}).get('timm', '?')}, open_clip "
+        f"{env.get('packages', {}).get('open_clip_torch', '?')}.", "",
+        "## Zero-shot scorecard", "",
+        "CheXzero's protocol: prompts `{label}` vs `no {label}` (No Finding: "
+        "`no acute cardiopulmonary process` vs its affirmative), softmax over the pair of "
+        "cosine similarities; AUROC with percentile bootstrap 95% CIs.", "",
+    ]
+    for name, (table, headline) in scorecards.items():
+        lines += [f"### {name}", "", scorecard_markdown(table, headline), ""]
+    for title, body in (extra_sections or {}).items():
+        lines += [f"## {title}", "", body, ""]
+    lines += [
+        "## Intended use and limits", "",
+        "A research model for studying chest X-ray representation learning and zero-shot "
+        "classification. It is not a medical device and must not be used for diagnosis or "
+        "treatment decisions. It was trained on one hospital's data (MIMIC-CXR, Beth Israel "
+        "Deaconess, adult patients), frontal films only, with reports' impressions as labels "
+        "of a kind; its scores on other populations, scanners, paediatric or lateral films are "
+        "unknown. Labels with few positives have wide intervals or none. MIMIC-CXR's data use "
+        "agreement applies to the training data; check it before sharing this model.", "",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------
+# a finished run -> exported folder + the report's landing-page block
+# --------------------------------------------------------------------------------------
+
+RETRIEVAL_CSV = "eval/mimic_test/retrieval.csv"
+PUBLISHED_CSV = "eval/chexpert_test/published_comparison.csv"
+
+
+def run_scorecards(results: Path) -> dict[str, tuple[pd.DataFrame, dict[str, Any]]]:
+    """Each evaluation set's AUROC table and headline (with its image count), by set name."""
+    cards = {}
+    for summary in sorted(Path(results).glob("eval/*/summary.json")):
+        doc = json.loads(summary.read_text())
+        headline = {**doc.get("headline", {}), "n_images": doc.get("n_images")}
+        table = pd.read_csv(summary.with_name("auroc.csv"), keep_default_na=False, na_values=[""])
+        cards[summary.parent.name] = (table, headline)
+    return cards
+
+
+def extra_tables(results: Path) -> dict[str, pd.DataFrame]:
+    """Retrieval and published-comparison tables of a results folder, where they exist."""
+    found = {}
+    for title, rel in (("Retrieval (MIMIC-CXR test split, study level)", RETRIEVAL_CSV),
+                       ("Comparison with CheXzero (CheXpert test)", PUBLISHED_CSV)):
+        path = Path(results) / rel
+        if path.is_file():
+            found[title] = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    return found
+
+
+def rst_table(frame: pd.DataFrame) -> str:
+    """A DataFrame as an rst list-table (floats to 3 decimals), for the report."""
+    lines = [".. list-table::", "   :header-rows: 1", ""]
+    for i, row in enumerate([list(frame.columns), *frame.itertuples(index=False)]):
+        for j, cell in enumerate(row):
+            text = _num(cell) if isinstance(cell, float) and i else str(cell)
+            lines.append(f"   {'* -' if j == 0 else '  -'} {text or ' '}")
+    return "\n".join(lines)
+
+
+def landing_block(out_dir: Path, tables: Mapping[str, pd.DataFrame]) -> str:
+    """The landing-page section: retrieval, the published comparison, where the model is."""
+    lines = []
+    for title, frame in tables.items():
+        lines += [title, "~" * len(title), "", rst_table(frame), ""]
+    lines += ["Exported model", "~~~~~~~~~~~~~~", "",
+              f"``{out_dir}``: ``{WEIGHTS_FILE}``, ``{CONFIG_FILE}`` (open_clip: "
+              f"``open_clip.create_model_and_transforms('local-dir:{out_dir}')``) and the model "
+              f"card ``{CARD_FILE}`` (under 5. Exported model). New films: "
+              f"``chexdino predict --model {out_dir} FILES... --out predictions.csv``.", ""]
+    return "\n".join(lines)
+
+
+def export_run(model: Path, results: Path, out_dir: Path, landing: Path | None = None) -> None:
+    """Export ``model`` with the card built from a finished run's results folder."""
+    import yaml
+
+    from chexdino.errors import ChexdinoError
+
+    results = Path(results)
+    needed = {"run_config.yaml": results / "run_config.yaml",
+              "train/checkpoints.json": results / "train" / "checkpoints.json",
+              "mimic/dataset_summary.json": results / "mimic" / "dataset_summary.json"}
+    missing = [name for name, path in needed.items() if not path.is_file()]
+    if missing:
+        raise ChexdinoError(f"--results {results}: missing {missing}; run the workflow first")
+    config = yaml.safe_load(needed["run_config.yaml"].read_text())
+    training = json.loads(needed["train/checkpoints.json"].read_text())
+    dataset = json.loads(needed["mimic/dataset_summary.json"].read_text())
+    tables = extra_tables(results)
+    card = model_card(config, training, dataset, run_scorecards(results),
+                      {title: markdown_table(frame) for title, frame in tables.items()})
+    evaluate = dict(config.get("evaluate") or {})
+    settings = {"store_size": config.get("images", {}).get("size", 320),
+                "input_size": config.get("train", {}).get("input_size", 224),
+                "labels": evaluate.get("labels", []), "evaluate": evaluate}
+    export_model(Path(model), Path(out_dir), settings, card)
+    if landing is not None:
+        Path(landing).write_text(landing_block(Path(out_dir), tables))
