@@ -231,6 +231,16 @@ def cmd_export(a: argparse.Namespace) -> None:
           "README.md)")
 
 
+@command("retrieval")
+def cmd_retrieval(a: argparse.Namespace) -> None:
+    from chexdino.retrieval import score_retrieval
+
+    cfg = _json(a.evaluate)
+    score_retrieval(Path(a.model), Path(a.cxr), Path(a.tokens), Path(a.out_dir), a.split,
+                    a.input_size, a.device, a.precision, cfg.get("batch_size", 256),
+                    cfg.get("bootstrap", 1000), cfg.get("seed", 0))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chexdino", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -324,6 +334,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--results", required=True, help="the finished run's results folder")
     s.add_argument("--out-dir", required=True)
     s.add_argument("--landing", default="", help="also write the report's landing-page block")
+
+    s = sub.add_parser("retrieval", help="image-report retrieval Recall@1/5/10, study level")
+    for arg in ("model", "cxr", "tokens", "evaluate", "out-dir"):
+        s.add_argument(f"--{arg}", required=True)
+    s.add_argument("--split", default="test")
+    s.add_argument("--input-size", type=int, default=224)
+    s.add_argument("--precision", default="bf16")
+    s.add_argument("--device", default="auto")
     return p
 
 

@@ -47,3 +47,40 @@ rule evaluate:
         " --cxr {input.cxr} --split '{params.split}' --evaluate {params.evaluate}"
         " --input-size {params.input_size} --precision {params.precision}"
         " --device {params.device} --out-dir {params.out_dir} > {log} 2>&1"
+
+
+# Image-report retrieval (Recall@1/5/10 both ways, study level) on MIMIC-CXR's test split.
+rule retrieval:
+    input:
+        code=stage_code("retrieval"),
+        model=f"{R}/train/best.pt",
+        cxr=f"{R}/mimic/cxr.h5",
+        tokens=f"{R}/mimic/tokens.h5",
+    output:
+        table=report(
+            f"{R}/eval/mimic_test/retrieval.csv",
+            caption="../report/retrieval.rst",
+            category="3. Zero-shot evaluation",
+            subcategory="mimic_test",
+        ),
+        summary=f"{R}/eval/mimic_test/retrieval.json",
+    log:
+        f"{R}/logs/retrieval.log",
+    conda:
+        "../envs/chexdino.yaml"
+    threads: 8
+    resources:
+        gpu=1,
+    params:
+        out_dir=lambda wildcards, output: os.path.dirname(output.summary),
+        evaluate=as_json(
+            {k: config["evaluate"][k] for k in ("bootstrap", "seed", "batch_size")}
+        ),
+        input_size=config["train"]["input_size"],
+        precision=config["train"]["precision"],
+        device=config["train"]["device"],
+    shell:
+        "chexdino retrieval --model {input.model} --cxr {input.cxr} --tokens {input.tokens}"
+        " --split test --evaluate {params.evaluate} --input-size {params.input_size}"
+        " --precision {params.precision} --device {params.device}"
+        " --out-dir {params.out_dir} > {log} 2>&1"

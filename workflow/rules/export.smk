@@ -10,6 +10,7 @@ rule export:
         checkpoints=f"{R}/train/checkpoints.json",
         dataset=f"{R}/mimic/dataset_summary.json",
         scorecards=expand(f"{R}/eval/{{evalset}}/auroc.csv", evalset=eval_sets()),
+        retrieval=f"{R}/eval/mimic_test/retrieval.csv",
     output:
         weights=f"{R}/export/model.safetensors",
         config=f"{R}/export/open_clip_config.json",
