@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -151,6 +152,19 @@ def test_export_of_a_finished_run_and_predict_through_the_folder(tmp_path, tiny_
     (results / "mimic" / "dataset_summary.json").write_text(
         json.dumps({"input_records": 25, "kept": 24, "rejected": 1}))
 
+    # Retrieval and the published comparison, as their stages write them.
+    from chexdino.published import write_comparison
+    from chexdino.retrieval import recall_table
+
+    recall_table({"image_to_report": np.array([0, 3, 12])}, {"image_to_report": 20},
+                 n_bootstrap=10).to_csv(results / "eval" / "mimic_test" / "retrieval.csv",
+                                        index=False)
+    write_comparison(results / "eval" / "mimic_test" / "auroc.csv",
+                     results / "eval" / "mimic_test" / "summary.json",
+                     Path(__file__).resolve().parents[1] / "workflow" / "resources"
+                     / "published_auroc.csv", "chexpert_test",
+                     results / "eval" / "chexpert_test" / "published_comparison.csv")
+
     folder, landing = results / "export", results / "model_summary.rst"
     assert main(["export", "--model", str(ckpt), "--results", str(results),
                  "--out-dir", str(folder), "--landing", str(landing)]) == 0
@@ -160,7 +174,9 @@ def test_export_of_a_finished_run_and_predict_through_the_folder(tmp_path, tiny_
     assert "24 used, 1 rejected" in card
     doctree = publish_doctree(landing.read_text(), settings_overrides={"report_level": 2,
                                                                       "halt_level": 2})
-    assert str(folder) in doctree.astext()
+    text = doctree.astext()
+    assert str(folder) in text and "image_to_report" in text and "0.812" in text
+    assert "Tiu et al." in card and "| image_to_report | 1 | 0.333 |" in card
 
     # predict takes the folder (settings from its config) and gives the checkpoint's numbers.
     for i in range(3):

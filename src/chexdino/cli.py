@@ -241,6 +241,16 @@ def cmd_retrieval(a: argparse.Namespace) -> None:
                     cfg.get("bootstrap", 1000), cfg.get("seed", 0))
 
 
+@command("compare-published")
+def cmd_compare_published(a: argparse.Namespace) -> None:
+    from chexdino.export import markdown_table
+    from chexdino.published import write_comparison
+
+    table = write_comparison(Path(a.auroc), Path(a.summary), Path(a.published), a.eval_set,
+                             Path(a.out))
+    print(markdown_table(table.drop(columns=["source"])))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chexdino", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -342,6 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input-size", type=int, default=224)
     s.add_argument("--precision", default="bf16")
     s.add_argument("--device", default="auto")
+
+    s = sub.add_parser("compare-published", help="our scorecard beside published AUROCs")
+    for arg in ("auroc", "summary", "published", "out"):
+        s.add_argument(f"--{arg}", required=True)
+    s.add_argument("--eval-set", default="chexpert_test")
     return p
 
 

@@ -238,8 +238,10 @@ def model_card(
         f"`{model.get('text', {}).get('name')}`, both L2-normalised into one space.", "",
     ]
     if random_init:
-        lines += [f"**Not pretrained: the {' and '.join(random_init)} tower(s) were trained from "
-                  "random initialisation** (`model.*.random_init: true`).", ""]
+        towers = " and ".join(random_init) + (" towers were" if len(random_init) > 1
+                                               else " tower was")
+        lines += [f"**Not pretrained: the {towers} trained from random initialisation** "
+                  "(`model.*.random_init: true`).", ""]
     lines += [
         "## Use", "",
         "```python",
@@ -290,10 +292,11 @@ def model_card(
         "A research model for studying chest X-ray representation learning and zero-shot "
         "classification. It is not a medical device and must not be used for diagnosis or "
         "treatment decisions. It was trained on one hospital's data (MIMIC-CXR, Beth Israel "
-        "Deaconess, adult patients), frontal films only, with reports' impressions as labels "
-        "of a kind; its scores on other populations, scanners, paediatric or lateral films are "
-        "unknown. Labels with few positives have wide intervals or none. MIMIC-CXR's data use "
-        "agreement applies to the training data; check it before sharing this model.", "",
+        f"Deaconess, adult patients), views {config.get('select', {}).get('views')} only, with "
+        "the reports' impressions as its only supervision; its scores on other populations, "
+        "scanners, children or other views are unknown. Labels with few positives have wide "
+        "intervals or none. MIMIC-CXR's data use agreement applies to the training data; check "
+        "it before sharing this model.", "",
     ]
     return "\n".join(lines)
 
@@ -317,14 +320,25 @@ def run_scorecards(results: Path) -> dict[str, tuple[pd.DataFrame, dict[str, Any
     return cards
 
 
-def extra_tables(results: Path) -> dict[str, pd.DataFrame]:
-    """Retrieval and published-comparison tables of a results folder, where they exist."""
+def extra_tables(results: Path) -> dict[str, tuple[pd.DataFrame, str]]:
+    """Retrieval and published-comparison tables of a results folder, where they exist, each
+    with a sentence saying what it is."""
     found = {}
-    for title, rel in (("Retrieval (MIMIC-CXR test split, study level)", RETRIEVAL_CSV),
-                       ("Comparison with CheXzero (CheXpert test)", PUBLISHED_CSV)):
-        path = Path(results) / rel
-        if path.is_file():
-            found[title] = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    path = Path(results) / RETRIEVAL_CSV
+    if path.is_file():
+        table = pd.read_csv(path)
+        found["Retrieval (MIMIC-CXR test split, study level)"] = (table, (
+            "Recall@K with 95% bootstrap CIs: studies (mean of their frontal films) query the "
+            "distinct impressions (image_to_report) and impressions query the studies "
+            "(report_to_image)."))
+    path = Path(results) / PUBLISHED_CSV
+    if path.is_file():
+        table = pd.read_csv(path, keep_default_na=False, na_values=[""])
+        note = (f"{table['published_model'].iloc[0]}, published: {table['source'].iloc[0]}. "
+                "difference = chexdino - published; published_inside_ci: whether the published "
+                "value lies inside chexdino's 95% bootstrap CI.") if len(table) else ""
+        found["Comparison with CheXzero (CheXpert test)"] = (
+            table.drop(columns=["published_model", "source"]), note)
     return found
 
 
@@ -338,11 +352,11 @@ def rst_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def landing_block(out_dir: Path, tables: Mapping[str, pd.DataFrame]) -> str:
+def landing_block(out_dir: Path, tables: Mapping[str, tuple[pd.DataFrame, str]]) -> str:
     """The landing-page section: retrieval, the published comparison, where the model is."""
     lines = []
-    for title, frame in tables.items():
-        lines += [title, "~" * len(title), "", rst_table(frame), ""]
+    for title, (frame, note) in tables.items():
+        lines += [title, "~" * len(title), "", note, "", rst_table(frame), ""]
     lines += ["Exported model", "~~~~~~~~~~~~~~", "",
               f"``{out_dir}``: ``{WEIGHTS_FILE}``, ``{CONFIG_FILE}`` (open_clip: "
               f"``open_clip.create_model_and_transforms('local-dir:{out_dir}')``) and the model "
@@ -369,7 +383,8 @@ def export_run(model: Path, results: Path, out_dir: Path, landing: Path | None =
     dataset = json.loads(needed["mimic/dataset_summary.json"].read_text())
     tables = extra_tables(results)
     card = model_card(config, training, dataset, run_scorecards(results),
-                      {title: markdown_table(frame) for title, frame in tables.items()})
+                      {title: f"{note}\n\n{markdown_table(frame)}"
+                       for title, (frame, note) in tables.items()})
     evaluate = dict(config.get("evaluate") or {})
     settings = {"store_size": config.get("images", {}).get("size", 320),
                 "input_size": config.get("train", {}).get("input_size", 224),

@@ -58,6 +58,13 @@ def validation_prompts():
     return {k: config["evaluate"][k] for k in keys if k in config["evaluate"]}
 
 
+def published_comparison():
+    """CheXzero's published AUROCs beside ours, when the CheXpert test set is configured."""
+    if config.get("chexpert_test"):
+        return [f"{R}/eval/chexpert_test/published_comparison.csv"]
+    return []
+
+
 def get_final_output():
     return [
         f"{R}/mimic/dataset_summary.json",

@@ -84,3 +84,29 @@ rule retrieval:
         " --split test --evaluate {params.evaluate} --input-size {params.input_size}"
         " --precision {params.precision} --device {params.device}"
         " --out-dir {params.out_dir} > {log} 2>&1"
+
+
+# CheXzero's published AUROCs (one data file with their source) beside our CheXpert scorecard.
+rule compare_published:
+    input:
+        code=stage_code("published"),
+        auroc=f"{R}/eval/chexpert_test/auroc.csv",
+        summary=f"{R}/eval/chexpert_test/summary.json",
+        published=os.path.join(
+            workflow.basedir, "workflow/resources/published_auroc.csv"
+        ),
+    output:
+        report(
+            f"{R}/eval/chexpert_test/published_comparison.csv",
+            caption="../report/published.rst",
+            category="3. Zero-shot evaluation",
+            subcategory="chexpert_test",
+        ),
+    log:
+        f"{R}/logs/compare_published.log",
+    conda:
+        "../envs/chexdino.yaml"
+    shell:
+        "chexdino compare-published --auroc {input.auroc} --summary {input.summary}"
+        " --published {input.published} --eval-set chexpert_test --out {output}"
+        " > {log} 2>&1"

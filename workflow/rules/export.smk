@@ -11,6 +11,7 @@ rule export:
         dataset=f"{R}/mimic/dataset_summary.json",
         scorecards=expand(f"{R}/eval/{{evalset}}/auroc.csv", evalset=eval_sets()),
         retrieval=f"{R}/eval/mimic_test/retrieval.csv",
+        published=published_comparison(),
     output:
         weights=f"{R}/export/model.safetensors",
         config=f"{R}/export/open_clip_config.json",
