@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from chexdino.errors import WeightsError
 from chexdino.export import export_model, load_exported, model_card
 from chexdino.model import build_model
 from chexdino.tokens import tokenize
@@ -90,6 +91,11 @@ def test_shrunken_towers_round_trip_in_chexdino_and_open_clip_3_3_refuses_them(t
     with torch.no_grad():
         assert torch.equal(again.encode_image(images), model.encode_image(images))
         assert torch.equal(again.encode_text(tokens), model.encode_text(tokens))
+    doc = json.loads((folder / "open_clip_config.json").read_text())
+    doc["chexdino"]["model_config"]["embed_dim"] = 16
+    (folder / "open_clip_config.json").write_text(json.dumps(doc))
+    with pytest.raises(WeightsError, match="model.safetensors"):
+        load_exported(folder)
     if "timm_model_kwargs" not in open_clip.model.CLIPVisionCfg.__dataclass_fields__:
         with pytest.raises(Exception, match="timm_model_kwargs"):
             open_clip.create_model_and_transforms(f"local-dir:{folder}")
