@@ -195,3 +195,50 @@ def test_export_of_a_finished_run_and_predict_through_the_folder(tmp_path, tiny_
                           for x in ("ckpt", "folder"))
     assert list(by_folder.columns) == [f"prob_{x}" for x in LABELS]
     np.testing.assert_allclose(by_folder.to_numpy(), by_ckpt.to_numpy(), rtol=0, atol=1e-6)
+
+
+def test_evaluate_scores_exported_and_plain_open_clip_folders_like_the_checkpoint(tmp_path):
+    import pandas as pd
+
+    from chexdino import LABELS, h5store
+    from chexdino.cli import main
+    from chexdino.errors import ChexdinoError
+
+    _, ckpt = _checkpoint(tmp_path, {"name": "vit_small_patch16_dinov3"})
+    exported, plain = tmp_path / "exported", tmp_path / "plain"
+    for folder in (exported, plain):
+        export_model(ckpt, folder, SETTINGS)
+    doc = json.loads((plain / "open_clip_config.json").read_text())
+    del doc["chexdino"]  # any open_clip model folder: open_clip builds it, chexdino scores it
+    (plain / "open_clip_config.json").write_text(json.dumps(doc))
+    rng = np.random.default_rng(2)
+    n = 20
+    meta = pd.DataFrame({"dicom_id": [f"d{i}" for i in range(n)], "study_id": "s",
+                         "subject_id": "p", "split": "test", "view": "PA",
+                         "source_rows": 96, "source_cols": 96})
+    for lab in LABELS:
+        meta[lab] = rng.choice([1.0, 0.0], size=n)
+    h5store.write_store(tmp_path / "cxr.h5", rng.integers(0, 255, (n, 96, 96), dtype=np.uint8),
+                        meta, 96)
+    probs = {}
+    for name, model in (("ckpt", ckpt), ("exported", exported), ("plain", plain)):
+        assert main(["evaluate", "--model", str(model), "--cxr", str(tmp_path / "cxr.h5"),
+                     "--evaluate", json.dumps({"bootstrap": 5}), "--input-size", "64",
+                     "--precision", "fp32", "--device", "cpu",
+                     "--out-dir", str(tmp_path / name)]) == 0
+        probs[name] = pd.read_csv(tmp_path / name / "probabilities.csv").filter(like="prob_")
+    for name in ("exported", "plain"):
+        np.testing.assert_allclose(probs[name].to_numpy(), probs["ckpt"].to_numpy(), rtol=0,
+                                   atol=1e-5)
+    assert probs["ckpt"].to_numpy().std(axis=0).min() > 1e-4
+
+    doc["preprocess_cfg"]["mean"] = [0.5, 0.5, 0.5]
+    (plain / "open_clip_config.json").write_text(json.dumps(doc))
+    from chexdino.export import load_model_folder
+
+    with pytest.raises(ChexdinoError, match="mean"):
+        load_model_folder(plain, "cpu", 64)
+    del doc["preprocess_cfg"]["mean"]  # open_clip's default is CLIP's mean
+    (plain / "open_clip_config.json").write_text(json.dumps(doc))
+    with pytest.raises(ChexdinoError, match=r"size 64 \(evaluation input size is 32\)"):
+        load_model_folder(plain, "cpu", 32)

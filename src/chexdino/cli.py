@@ -152,10 +152,24 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
     cfg = _json(a.evaluate)
     top_k = cfg.get("ensemble_top_k", 1)
-    members = [Path(a.model)] if top_k <= 1 else ensemble_members(Path(a.checkpoints), top_k)
+    load = None
+    if Path(a.model).is_dir():  # an exported or any open_clip model folder, scored alone
+        from chexdino.predict import load_model
+
+        members = [Path(a.model)]
+
+        def load(path: Path, device):
+            return load_model(path, device, a.input_size)
+    elif top_k > 1:
+        if not a.checkpoints:
+            raise ChexdinoError("evaluate.ensemble_top_k > 1 needs --checkpoints (the run's "
+                                "checkpoints.json)")
+        members = ensemble_members(Path(a.checkpoints), top_k)
+    else:
+        members = [Path(a.model)]
     evaluate_store(members, Path(a.cxr), Path(a.out_dir), cfg, a.input_size,
                    split=a.split or None, device_name=a.device, precision=a.precision,
-                   batch_size=cfg.get("batch_size", 256))
+                   batch_size=cfg.get("batch_size", 256), load=load)
 
 
 @command("summarize")
@@ -305,8 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument(f"--{arg}", required=True)
 
     s = sub.add_parser("evaluate", help="stage 5: zero-shot AUROC scorecard")
-    for arg in ("model", "checkpoints", "cxr", "evaluate", "out-dir"):
+    s.add_argument("--model", required=True,
+                   help="a chexdino checkpoint, an exported model folder or any open_clip "
+                        "model folder (local files)")
+    for arg in ("cxr", "evaluate", "out-dir"):
         s.add_argument(f"--{arg}", required=True)
+    s.add_argument("--checkpoints", default="",
+                   help="the run's checkpoints.json (for evaluate.ensemble_top_k > 1)")
     s.add_argument("--split", default="")
     s.add_argument("--input-size", type=int, default=224)
     s.add_argument("--precision", default="bf16")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -114,8 +114,14 @@ def evaluate_store(
     checkpoints: Sequence[Path], cxr_h5: Path, out_dir: Path, eval_cfg: dict[str, Any],
     input_size: int, split: str | None = None, device_name: str = "auto",
     precision: str = "bf16", batch_size: int = 256,
+    load: Callable[[Path, torch.device], Any] | None = None,
 ) -> dict[str, Any]:
-    """Score one image store with one model or a probability-averaged ensemble; write outputs."""
+    """Score one image store with one model or a probability-averaged ensemble; write outputs.
+
+    ``load`` rebuilds a model from each path (default: a chexdino checkpoint); the CLI passes
+    one that also takes exported and other open_clip model folders.
+    """
+    load = load or load_checkpoint_model
     device = pick_device(device_name)
     meta = h5store.read_meta(cxr_h5)
     rows = np.flatnonzero(meta["split"] == split) if split else np.arange(len(meta))
@@ -123,7 +129,7 @@ def evaluate_store(
     labels = [lab for lab in eval_cfg.get("labels", LABELS)]
     probs = []
     for path in checkpoints:
-        model = load_checkpoint_model(path, device)
+        model = load(path, device)
         if eval_cfg.get("compile", False):
             model.visual = torch.compile(model.visual)
         emb = embed_images(model, images, input_size, device, batch_size, precision)

@@ -392,3 +392,75 @@ def export_run(model: Path, results: Path, out_dir: Path, landing: Path | None =
     export_model(Path(model), Path(out_dir), settings, card)
     if landing is not None:
         Path(landing).write_text(landing_block(Path(out_dir), tables))
+
+
+# --------------------------------------------------------------------------------------
+# any open_clip model folder, scored with chexdino's protocol
+# --------------------------------------------------------------------------------------
+
+
+class OpenClipModel(torch.nn.Module):
+    """An open_clip model seen through chexdino's model interface (unit embeddings,
+    ``context_length``, ``cfg.embed_dim``, ``visual``), so evaluate and predict score it
+    with exactly the protocol they use for chexdino's own models."""
+
+    def __init__(self, model: torch.nn.Module, context_length: int, embed_dim: int):
+        super().__init__()
+        self.model = model
+        self.visual = model.visual
+        self._context_length = context_length
+        self.cfg = type("Cfg", (), {"embed_dim": embed_dim})()
+
+    @property
+    def context_length(self) -> int:
+        return self._context_length
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(self.model.encode_image(images), dim=-1)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(self.model.encode_text(tokens), dim=-1)
+
+
+def load_open_clip_folder(folder: Path, device: torch.device | str = "cpu",
+                          input_size: int | None = None) -> OpenClipModel:
+    """Any open_clip model folder (``open_clip_config.json`` + weights), local files only.
+
+    chexdino feeds it greyscale films normalised with CLIP's mean and std at
+    ``input_size``; a model whose preprocessing says otherwise is refused by name rather than
+    scored on inputs it was not trained for.
+    """
+    import open_clip
+
+    from chexdino.errors import ChexdinoError
+
+    folder = Path(folder)
+    doc = json.loads((folder / CONFIG_FILE).read_text())
+    prep = {**preprocess_config(input_size or 224), **doc.get("preprocess_cfg", {})}
+    problems = [f"{key} {prep[key]}" for key in ("mean", "std")
+                if [round(float(v), 6) for v in prep[key]] != [round(v, 6) for v in
+                                                               (CLIP_MEAN if key == "mean"
+                                                                else CLIP_STD)]]
+    size = prep["size"] if isinstance(prep["size"], int) else list(prep["size"])
+    if input_size is not None and size not in (input_size, [input_size, input_size]):
+        problems.append(f"size {size} (evaluation input size is {input_size})")
+    if problems:
+        raise ChexdinoError(f"{folder / CONFIG_FILE}: preprocessing differs from chexdino's "
+                            f"evaluation transform: {', '.join(problems)}")
+    model = open_clip.create_model(f"local-dir:{folder}", device=device)
+    text_cfg = doc["model_cfg"]["text_cfg"]
+    return OpenClipModel(model, int(text_cfg.get("context_length", 77)),
+                         int(doc["model_cfg"]["embed_dim"])).to(device).eval()
+
+
+def load_model_folder(folder: Path, device: torch.device | str = "cpu",
+                      input_size: int | None = None) -> torch.nn.Module:
+    """A chexdino export (rebuilt in chexdino) or any other open_clip model folder."""
+    from chexdino.errors import ChexdinoError
+
+    folder = Path(folder)
+    if not (folder / CONFIG_FILE).is_file():
+        raise ChexdinoError(f"{folder} has no {CONFIG_FILE}: not an open_clip model folder")
+    if "chexdino" in json.loads((folder / CONFIG_FILE).read_text()):
+        return load_exported(folder, device)
+    return load_open_clip_folder(folder, device, input_size)

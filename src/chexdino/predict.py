@@ -26,7 +26,7 @@ from tqdm import tqdm
 from chexdino import LABELS, zeroshot
 from chexdino.errors import ChexdinoError, ImageReadError
 from chexdino.evaluate import embed_images, load_checkpoint_model, pick_device, zero_shot_probs
-from chexdino.export import is_exported, load_exported
+from chexdino.export import load_model_folder
 from chexdino.images import load_cxr
 
 log = logging.getLogger(__name__)
@@ -100,13 +100,12 @@ def default_config(model_path: Path) -> Path:
     )
 
 
-def load_model(path: Path, device: torch.device):
-    """A chexdino checkpoint (``train/best.pt``) or an exported model folder."""
-    if is_exported(path):
-        return load_exported(path, device)
+def load_model(path: Path, device: torch.device, input_size: int | None = None):
+    """A chexdino checkpoint (``train/best.pt``), an exported model folder, or any open_clip
+    model folder (``open_clip_config.json`` + weights; its preprocessing must be chexdino's)."""
+    path = Path(path)
     if path.is_dir():
-        raise ChexdinoError(f"--model: {path} is a folder without model.safetensors and "
-                            "open_clip_config.json (not a chexdino export)")
+        return load_model_folder(path, device, input_size)
     if not path.is_file():
         raise ChexdinoError(f"--model: file not found: {path}")
     return load_checkpoint_model(path, device)
@@ -162,7 +161,7 @@ def predict_files(
     Returns ``{"input", "predicted", "rejected"}``.
     """
     device, precision = pick_device(settings.device), settings.precision
-    model = load_model(Path(model_path), device)
+    model = load_model(Path(model_path), device, settings.input_size)
     files, rejects = collect_files(inputs)
     pairs = zeroshot.prompt_pairs(settings.labels, **_prompts(settings.evaluate))
     log.info("scoring %d files for %d labels (input %d px) with %s", len(files),
