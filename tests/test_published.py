@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -54,3 +55,37 @@ def test_a_malformed_published_file_is_named(tmp_path):
         read_published(bad, "chexpert_test")
     with pytest.raises(ChexdinoError, match="no rows"):
         read_published(DATA, "mimic_test")
+
+
+def test_models_side_by_side_one_column_each(tmp_path):
+    from chexdino.cli import main
+    from chexdino.config import semantic_problems
+
+    ours = pd.DataFrame({"label": ["Edema", "Fracture"], "auroc": [0.9, np.nan],
+                         "ci_low": [0.85, np.nan], "ci_high": [0.95, np.nan]})
+    theirs = pd.DataFrame({"label": ["Edema", "Pneumonia"], "auroc": [0.7, 0.6],
+                           "ci_low": [0.6, 0.5], "ci_high": [0.8, 0.7]})
+    folders = []
+    for name, table, mean in (("ours", ours, 0.81), ("theirs", theirs, None)):
+        folder = tmp_path / name
+        folder.mkdir()
+        table.to_csv(folder / "auroc.csv", index=False)
+        (folder / "summary.json").write_text(json.dumps({"headline": {
+            "mean_auroc_competition": mean, "mean_auroc_competition_ci": [0.8, 0.82]
+            if mean else [None, None]}}))
+        folders.append(str(folder))
+    out = tmp_path / "model_comparison.csv"
+    assert main(["compare-models", "--names", "this-run", "other", "--scorecards", *folders,
+                 "--out", str(out)]) == 0
+    table = pd.read_csv(out, keep_default_na=False).set_index("label")
+    assert list(table.columns) == ["this-run", "other"]
+    assert table.loc["Edema"].tolist() == ["0.900 [0.850, 0.950]", "0.700 [0.600, 0.800]"]
+    assert table.loc["Fracture"].tolist() == ["n/a", "n/a"]
+    assert table.loc["Pneumonia"].tolist() == ["n/a", "0.600 [0.500, 0.700]"]
+    assert table.loc[MEAN_ROW].tolist() == ["0.810 [0.800, 0.820]", "n/a"]
+    assert main(["compare-models", "--names", "a", "--scorecards", *folders,
+                 "--out", str(out)]) == 2  # one name per folder, said clearly
+
+    problems = list(semantic_problems({"compare_models": {"x": str(tmp_path / "ours")}}))
+    assert (f"compare_models.x: {tmp_path / 'ours'} is not a model folder "
+            "(no open_clip_config.json)") in problems

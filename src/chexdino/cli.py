@@ -154,9 +154,12 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     top_k = cfg.get("ensemble_top_k", 1)
     load = None
     if Path(a.model).is_dir():  # an exported or any open_clip model folder, scored alone
+        from chexdino.export import folder_input_size
         from chexdino.predict import load_model
 
         members = [Path(a.model)]
+        if a.input_size == 0:  # the folder's own input size
+            a.input_size = folder_input_size(Path(a.model))
 
         def load(path: Path, device):
             return load_model(path, device, a.input_size)
@@ -265,6 +268,18 @@ def cmd_compare_published(a: argparse.Namespace) -> None:
     print(markdown_table(table.drop(columns=["source"])))
 
 
+@command("compare-models")
+def cmd_compare_models(a: argparse.Namespace) -> None:
+    from chexdino.export import markdown_table
+    from chexdino.published import write_side_by_side
+
+    if len(a.names) != len(a.scorecards):
+        raise ChexdinoError(f"--names has {len(a.names)} entries, --scorecards "
+                            f"{len(a.scorecards)}: give one name per scorecard folder")
+    table = write_side_by_side(dict(zip(a.names, a.scorecards, strict=True)), Path(a.out))
+    print(markdown_table(table))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chexdino", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -327,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoints", default="",
                    help="the run's checkpoints.json (for evaluate.ensemble_top_k > 1)")
     s.add_argument("--split", default="")
-    s.add_argument("--input-size", type=int, default=224)
+    s.add_argument("--input-size", type=int, default=224,
+                   help="model input size; 0 for a model folder's own")
     s.add_argument("--precision", default="bf16")
     s.add_argument("--device", default="auto")
 
@@ -376,6 +392,11 @@ def build_parser() -> argparse.ArgumentParser:
     for arg in ("auroc", "summary", "published", "out"):
         s.add_argument(f"--{arg}", required=True)
     s.add_argument("--eval-set", default="chexpert_test")
+
+    s = sub.add_parser("compare-models", help="AUROC tables of several models, a column each")
+    s.add_argument("--names", nargs="+", required=True)
+    s.add_argument("--scorecards", nargs="+", required=True, help="evaluation output folders")
+    s.add_argument("--out", required=True)
     return p
 
 

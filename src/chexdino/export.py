@@ -331,6 +331,10 @@ def extra_tables(results: Path) -> dict[str, tuple[pd.DataFrame, str]]:
             "Recall@K with 95% bootstrap CIs: studies (mean of their frontal films) query the "
             "distinct impressions (image_to_report) and impressions query the studies "
             "(report_to_image)."))
+    for path in sorted(Path(results).glob("eval/*/model_comparison.csv")):
+        found[f"Models side by side ({path.parent.name})"] = (pd.read_csv(path), (
+            "Zero-shot AUROC [95% bootstrap CI] of each model scored by this workflow with the "
+            "same protocol, images and bootstrap resamples (``compare_models``)."))
     path = Path(results) / PUBLISHED_CSV
     if path.is_file():
         table = pd.read_csv(path, keep_default_na=False, na_values=[""])
@@ -451,6 +455,16 @@ def load_open_clip_folder(folder: Path, device: torch.device | str = "cpu",
     text_cfg = doc["model_cfg"]["text_cfg"]
     return OpenClipModel(model, int(text_cfg.get("context_length", 77)),
                          int(doc["model_cfg"]["embed_dim"])).to(device).eval()
+
+
+def folder_input_size(folder: Path) -> int:
+    """The input size a model folder was built for (its chexdino section, else open_clip's)."""
+    doc = json.loads((Path(folder) / CONFIG_FILE).read_text())
+    if "chexdino" in doc:
+        return int(doc["chexdino"]["preprocessing"]["input_size"])
+    size = doc.get("preprocess_cfg", {}).get("size",
+                                             doc["model_cfg"]["vision_cfg"].get("image_size", 224))
+    return int(size if isinstance(size, int) else size[0])
 
 
 def load_model_folder(folder: Path, device: torch.device | str = "cpu",

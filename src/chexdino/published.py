@@ -1,10 +1,12 @@
-"""Our CheXpert-test scorecard beside a published model's AUROCs (CheXzero by default).
+"""Our scorecards beside other models': published AUROCs (CheXzero) and models scored here.
 
 The published values live in one data file with their source
 (``workflow/resources/published_auroc.csv``: model, eval_set, label, auroc, source). For each
 label the comparison gives our AUROC and 95% CI, the published value, the difference (ours
 minus published) and whether the published value lies inside our interval, plus the same
 for the mean over the five competition labels (its CI is the bootstrap CI of the mean).
+Models scored by this workflow with the same protocol (``compare_models``) are put side by
+side in one table, a column per model.
 """
 
 from __future__ import annotations
@@ -95,4 +97,51 @@ def write_comparison(auroc_csv: Path, summary_json: Path, published_csv: Path, e
     table = compare(auroc, doc.get("headline", doc), read_published(published_csv, eval_set))
     Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_csv, index=False, float_format="%.4f")
+    return table
+
+
+# --------------------------------------------------------------------------------------
+# several models scored with the same protocol, one column each
+# --------------------------------------------------------------------------------------
+
+
+def _cell(auroc: float, lo: float, hi: float) -> str:
+    if np.isnan(auroc):
+        return "n/a"
+    ci = "" if np.isnan(lo) or np.isnan(hi) else f" [{lo:.3f}, {hi:.3f}]"
+    return f"{auroc:.3f}{ci}"
+
+
+def side_by_side(cards: Mapping[str, tuple[pd.DataFrame, Mapping[str, Any]]]) -> pd.DataFrame:
+    """One row per label (and the five-label mean), one column per model: AUROC [95% CI].
+
+    All models are scored on the same images with the same bootstrap seed, so their
+    intervals come from the same resamples.
+    """
+    labels: list[str] = []
+    for table, _ in cards.values():
+        labels += [x for x in table["label"] if x not in labels]
+    out = pd.DataFrame({"label": [*labels, MEAN_ROW]})
+    for name, (table, headline) in cards.items():
+        by_label = table.set_index("label")
+        cells = [_cell(*(float(by_label.loc[x, c]) for c in ("auroc", "ci_low", "ci_high")))
+                 if x in by_label.index else "n/a" for x in labels]
+        lo, hi = headline.get("mean_auroc_competition_ci") or [None, None]
+        cells.append(_cell(_float(headline.get("mean_auroc_competition")), _float(lo),
+                           _float(hi)))
+        out[name] = cells
+    return out
+
+
+def write_side_by_side(scorecards: Mapping[str, Path], out_csv: Path) -> pd.DataFrame:
+    """Read each model's evaluation folder (auroc.csv + summary.json); write the table."""
+    cards = {}
+    for name, folder in scorecards.items():
+        folder = Path(folder)
+        doc = json.loads((folder / "summary.json").read_text())
+        cards[name] = (pd.read_csv(folder / "auroc.csv", keep_default_na=False, na_values=[""]),
+                       doc.get("headline", doc))
+    table = side_by_side(cards)
+    Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out_csv, index=False)
     return table

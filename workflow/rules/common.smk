@@ -65,6 +65,18 @@ def published_comparison():
     return []
 
 
+def compared_models():
+    """Names of the other models scored beside this run's (``compare_models``)."""
+    return sorted(config.get("compare_models") or {})
+
+
+def model_comparisons():
+    """One side-by-side table per evaluation set when other models are configured."""
+    if not compared_models():
+        return []
+    return expand(f"{R}/eval/{{evalset}}/model_comparison.csv", evalset=eval_sets())
+
+
 def get_final_output():
     return [
         f"{R}/mimic/dataset_summary.json",
@@ -73,4 +85,5 @@ def get_final_output():
         f"{R}/run_summary.rst",
         f"{R}/export/model.safetensors",
         f"{R}/model_summary.rst",
+        *model_comparisons(),
     ]

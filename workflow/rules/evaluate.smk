@@ -110,3 +110,66 @@ rule compare_published:
         "chexdino compare-published --auroc {input.auroc} --summary {input.summary}"
         " --published {input.published} --eval-set chexpert_test --out {output}"
         " > {log} 2>&1"
+
+
+# Another model (compare_models: an exported or any open_clip model folder), same protocol.
+rule evaluate_model:
+    input:
+        code=stage_code("predict"),
+        model=lambda wildcards: config["compare_models"][wildcards.other],
+        cxr=eval_store,
+    output:
+        summary=f"{R}/eval/{{evalset}}/models/{{other}}/summary.json",
+        table=f"{R}/eval/{{evalset}}/models/{{other}}/auroc.csv",
+        probabilities=f"{R}/eval/{{evalset}}/models/{{other}}/probabilities.csv",
+        roc=f"{R}/eval/{{evalset}}/models/{{other}}/roc.png",
+    log:
+        f"{R}/logs/evaluate/{{evalset}}-{{other}}.log",
+    wildcard_constraints:
+        other="[A-Za-z0-9_-]+",
+    conda:
+        "../envs/chexdino.yaml"
+    threads: 8
+    resources:
+        gpu=1,
+    params:
+        out_dir=lambda wildcards, output: os.path.dirname(output.summary),
+        evaluate=as_json({**config["evaluate"], "ensemble_top_k": 1}),
+        precision=config["train"]["precision"],
+        device=config["train"]["device"],
+        split=lambda wc: "test" if wc.evalset == "mimic_test" else "",
+    shell:
+        "chexdino evaluate --model {input.model} --cxr {input.cxr}"
+        " --split '{params.split}' --evaluate {params.evaluate} --input-size 0"
+        " --precision {params.precision} --device {params.device}"
+        " --out-dir {params.out_dir} > {log} 2>&1"
+
+
+# This run's scorecard and every compared model's, a column each.
+rule compare_models:
+    input:
+        code=stage_code("published"),
+        ours=f"{R}/eval/{{evalset}}/auroc.csv",
+        others=lambda wildcards: expand(
+            f"{R}/eval/{wildcards.evalset}/models/{{other}}/auroc.csv",
+            other=compared_models(),
+        ),
+    output:
+        report(
+            f"{R}/eval/{{evalset}}/model_comparison.csv",
+            caption="../report/model_comparison.rst",
+            category="3. Zero-shot evaluation",
+            subcategory="{evalset}",
+        ),
+    log:
+        f"{R}/logs/compare_models/{{evalset}}.log",
+    conda:
+        "../envs/chexdino.yaml"
+    params:
+        names=lambda wildcards: " ".join(["this-run", *compared_models()]),
+        folders=lambda wildcards, input: " ".join(
+            os.path.dirname(p) for p in [input.ours, *input.others]
+        ),
+    shell:
+        "chexdino compare-models --names {params.names} --scorecards {params.folders}"
+        " --out {output} > {log} 2>&1"

@@ -12,6 +12,7 @@ rule export:
         scorecards=expand(f"{R}/eval/{{evalset}}/auroc.csv", evalset=eval_sets()),
         retrieval=f"{R}/eval/mimic_test/retrieval.csv",
         published=published_comparison(),
+        comparisons=model_comparisons(),
     output:
         weights=f"{R}/export/model.safetensors",
         config=f"{R}/export/open_clip_config.json",
