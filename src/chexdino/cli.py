@@ -363,7 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("predict", help="zero-shot probabilities for new films (DICOM/JPG/PNG)")
     s.add_argument("files", nargs="+", metavar="FILE_OR_FOLDER")
-    s.add_argument("--model", required=True, help="a chexdino checkpoint (results/train/best.pt)")
+    s.add_argument("--model", required=True,
+                   help="a chexdino checkpoint (results/train/best.pt), an exported model folder "
+                        "(its settings come with it) or any open_clip model folder")
     s.add_argument("--out", required=True, help="predictions CSV")
     s.add_argument("--rejects", default="", help="rejects CSV (default: <out>_rejects.csv)")
     s.add_argument("--config", nargs="*", default=[],

@@ -420,7 +420,9 @@ class OpenClipModel(torch.nn.Module):
         return self._context_length
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.normalize(self.model.encode_image(images), dim=-1)
+        # open_clip's encode_image is visual() then normalise; calling self.visual lets
+        # evaluate.compile replace it.
+        return torch.nn.functional.normalize(self.visual(images), dim=-1)
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.normalize(self.model.encode_text(tokens), dim=-1)

@@ -25,7 +25,13 @@ from tqdm import tqdm
 
 from chexdino import LABELS, zeroshot
 from chexdino.errors import ChexdinoError, ImageReadError
-from chexdino.evaluate import embed_images, load_checkpoint_model, pick_device, zero_shot_probs
+from chexdino.evaluate import (
+    embed_images,
+    load_checkpoint_model,
+    pick_device,
+    prompt_settings,
+    text_encoder,
+)
 from chexdino.export import load_model_folder
 from chexdino.images import load_cxr
 
@@ -163,7 +169,8 @@ def predict_files(
     device, precision = pick_device(settings.device), settings.precision
     model = load_model(Path(model_path), device, settings.input_size)
     files, rejects = collect_files(inputs)
-    pairs = zeroshot.prompt_pairs(settings.labels, **_prompts(settings.evaluate))
+    pairs = zeroshot.prompt_pairs(settings.labels, **prompt_settings(settings.evaluate))
+    classes = zeroshot.class_embeddings(text_encoder(model, device, precision), pairs)
     log.info("scoring %d files for %d labels (input %d px) with %s", len(files),
              len(pairs), settings.input_size, model_path)
     rows: list[dict[str, Any]] = []
@@ -178,11 +185,11 @@ def predict_files(
             continue
         batch.append((path, image, shape))
         if len(batch) == batch_size:
-            probs.append(_score(model, batch, settings, device, precision, batch_size))
+            probs.append(_score(model, batch, classes, settings.input_size, device, precision))
             rows += _rows(batch)
             batch = []
     if batch:
-        probs.append(_score(model, batch, settings, device, precision, batch_size))
+        probs.append(_score(model, batch, classes, settings.input_size, device, precision))
         rows += _rows(batch)
     prob = np.concatenate(probs) if probs else np.zeros((0, len(settings.labels)))
     frame = pd.concat([pd.DataFrame(rows, columns=["file", "source_rows", "source_cols"]),
@@ -198,17 +205,12 @@ def predict_files(
     return counts
 
 
-def _prompts(eval_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    from chexdino.evaluate import prompt_settings
-
-    return prompt_settings(dict(eval_cfg))
-
-
-def _score(model, batch, settings: PredictSettings, device: torch.device, precision: str,
-           batch_size: int) -> np.ndarray:
+def _score(model, batch, classes: tuple[torch.Tensor, torch.Tensor], input_size: int,
+           device: torch.device, precision: str) -> np.ndarray:
+    """One batch of stored-geometry films -> (B, L) probabilities (the evaluate stage's math)."""
     images = np.stack([image for _, image, _ in batch])
-    emb = embed_images(model, images, settings.input_size, device, batch_size, precision)
-    return zero_shot_probs(model, emb, settings.labels, settings.evaluate, device, precision)
+    emb = embed_images(model, images, input_size, device, len(batch), precision)
+    return zeroshot.zero_shot_probabilities(emb, *classes)
 
 
 def _rows(batch) -> list[dict[str, Any]]:
