@@ -212,6 +212,12 @@ def cmd_scorecard(a: argparse.Namespace) -> None:
         print(f"\n== zero-shot scorecard: {path.parent.name} ==")
         summary = json.loads(path.read_text())
         print(format_table(table, summary.get("headline", summary)))
+        retrieval = path.with_name("retrieval.csv")
+        if retrieval.is_file():
+            from chexdino.retrieval import format_recall
+
+            print(f"\n== retrieval (study level): {path.parent.name} ==")
+            print(format_recall(pd.read_csv(retrieval)))
 
 
 @command("predict")
