@@ -181,8 +181,9 @@ def test_export_of_a_finished_run_and_predict_through_the_folder(tmp_path, tiny_
     doctree = publish_doctree(landing.read_text(), settings_overrides={"report_level": 2,
                                                                       "halt_level": 2})
     text = doctree.astext()
-    assert str(folder) in text and "image_to_report" in text and "0.812" in text
-    assert "Tiu et al." in card and "| image_to_report | 1 | 0.333 |" in card
+    assert str(folder) in text and "image to report" in text and "0.812" in text
+    assert "Tiu et al." in card and "| image to report | 0.333 [" in card
+    assert "| Atelectasis | " in card and "| 0.812 | " in card
 
     # predict takes the folder (settings from its config) and gives the checkpoint's numbers.
     for i in range(3):

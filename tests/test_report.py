@@ -163,9 +163,10 @@ def test_report_renders_its_sections_in_a_browser(finished_run, chromium, tmp_pa
     assert f"torch {torch_version}" in landing and "Produced by chexdino" in landing
 
     # Retrieval, the published comparison and the exported folder, from model_summary.rst.
-    for phrase in ("Retrieval (MIMIC-CXR test split, study level)", "image_to_report",
-                   "report_to_image", "Comparison with CheXzero (CheXpert test)", "0.932",
-                   "published_inside_ci", "Exported model", str(results / "export")):
+    for phrase in ("Retrieval (MIMIC-CXR test split, study level)", "image to report",
+                   "report to image", "R@10", "Comparison with CheXzero (CheXpert test)",
+                   "0.932", "published inside our CI", "Exported model",
+                   str(results / "export")):
         assert phrase in landing, phrase
     assert "README.md" in rendered["category 5. Exported model"]
 

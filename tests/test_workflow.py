@@ -118,7 +118,7 @@ def test_scorecards_and_report(finished_run, tmp_path):
     assert load_exported(results / "export").cfg.to_dict()["vision"] == run_config["model"][
         "vision"]
     card = (results / "export" / "README.md").read_text()
-    assert "## Zero-shot scorecard" in card and "image_to_report" in card
+    assert "## Zero-shot scorecard" in card and "image to report" in card
     report = tmp_path / "report.html"
     snakemake("--report", str(report), *configs)
     text = report.read_text(errors="ignore")

@@ -320,29 +320,61 @@ def run_scorecards(results: Path) -> dict[str, tuple[pd.DataFrame, dict[str, Any
     return cards
 
 
+def _with_ci(value: float, low: float, high: float) -> str:
+    """``0.812 [0.780, 0.840]``; n/a for an undefined value."""
+    if pd.isna(value):
+        return "n/a"
+    return f"{value:.3f}" + ("" if pd.isna(low) or pd.isna(high) else f" [{low:.3f}, {high:.3f}]")
+
+
+def retrieval_view(table: pd.DataFrame) -> pd.DataFrame:
+    """retrieval.csv as one row per direction, Recall@K [95% CI] per column."""
+    rows = []
+    for direction, part in table.groupby("direction", sort=False):
+        row = {"direction": direction.replace("_", " ")}
+        for r in part.itertuples():
+            row[f"R@{r.k}"] = _with_ci(r.recall, r.ci_low, r.ci_high)
+        row["queries"], row["candidates"] = int(part["n_queries"].iloc[0]), int(
+            part["n_candidates"].iloc[0])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def comparison_view(table: pd.DataFrame) -> pd.DataFrame:
+    """published_comparison.csv as label, ours [CI], published, difference, inside our CI."""
+    return pd.DataFrame({
+        "label": table["label"],
+        "chexdino [95% CI]": [_with_ci(*v) for v in
+                              zip(table["chexdino"], table["ci_low"], table["ci_high"],
+                                  strict=True)],
+        "published": table["published"].astype(float),
+        "difference": table["difference"].astype(float),
+        "published inside our CI": table["published_inside_ci"],
+    })
+
+
 def extra_tables(results: Path) -> dict[str, tuple[pd.DataFrame, str]]:
-    """Retrieval and published-comparison tables of a results folder, where they exist, each
-    with a sentence saying what it is."""
+    """Retrieval, side-by-side and published-comparison tables of a results folder, where
+    they exist, each with a sentence saying what it is."""
     found = {}
     path = Path(results) / RETRIEVAL_CSV
     if path.is_file():
-        table = pd.read_csv(path)
-        found["Retrieval (MIMIC-CXR test split, study level)"] = (table, (
-            "Recall@K with 95% bootstrap CIs: studies (mean of their frontal films) query the "
-            "distinct impressions (image_to_report) and impressions query the studies "
-            "(report_to_image)."))
+        found["Retrieval (MIMIC-CXR test split, study level)"] = (
+            retrieval_view(pd.read_csv(path)),
+            "Recall@K [95% bootstrap CI]: studies (mean of their frontal films) query the "
+            "distinct impressions (image to report) and impressions query the studies (report "
+            "to image).")
     for path in sorted(Path(results).glob("eval/*/model_comparison.csv")):
-        found[f"Models side by side ({path.parent.name})"] = (pd.read_csv(path), (
+        found[f"Models side by side ({path.parent.name})"] = (
+            pd.read_csv(path, keep_default_na=False),
             "Zero-shot AUROC [95% bootstrap CI] of each model scored by this workflow with the "
-            "same protocol, images and bootstrap resamples (``compare_models``)."))
+            "same protocol, images and bootstrap resamples (compare_models).")
     path = Path(results) / PUBLISHED_CSV
     if path.is_file():
         table = pd.read_csv(path, keep_default_na=False, na_values=[""])
-        note = (f"{table['published_model'].iloc[0]}, published: {table['source'].iloc[0]}. "
-                "difference = chexdino - published; published_inside_ci: whether the published "
-                "value lies inside chexdino's 95% bootstrap CI.") if len(table) else ""
-        found["Comparison with CheXzero (CheXpert test)"] = (
-            table.drop(columns=["published_model", "source"]), note)
+        note = (f"Published: {table['published_model'].iloc[0]}, {table['source'].iloc[0]}. "
+                "Difference = chexdino - published.") if len(table) else ""
+        found["Comparison with CheXzero (CheXpert test)"] = (comparison_view(table), note)
     return found
 
 
