@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from chexdino.errors import WeightsError
-from chexdino.export import export_model, load_exported, model_card
+from chexdino.export import export_model, load_exported
 from chexdino.model import build_model
+from chexdino.modelcard import model_card
 from chexdino.tokens import tokenize
 from chexdino.transforms import eval_transform
 

@@ -266,7 +266,7 @@ def cmd_retrieval(a: argparse.Namespace) -> None:
 
 @command("compare-published")
 def cmd_compare_published(a: argparse.Namespace) -> None:
-    from chexdino.export import markdown_table
+    from chexdino.modelcard import markdown_table
     from chexdino.published import write_comparison
 
     table = write_comparison(Path(a.auroc), Path(a.summary), Path(a.published), a.eval_set,
@@ -276,7 +276,7 @@ def cmd_compare_published(a: argparse.Namespace) -> None:
 
 @command("compare-models")
 def cmd_compare_models(a: argparse.Namespace) -> None:
-    from chexdino.export import markdown_table
+    from chexdino.modelcard import markdown_table
     from chexdino.published import write_side_by_side
 
     if len(a.names) != len(a.scorecards):
