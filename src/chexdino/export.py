@@ -113,8 +113,9 @@ def export_model(
 ) -> dict[str, Path]:
     """Write ``model.safetensors``, ``open_clip_config.json`` and the card into ``out_dir``.
 
-    ``settings``: ``store_size``, ``input_size``, ``labels`` and the ``evaluate`` prompt
-    settings, so chexdino can score with the folder exactly as with the checkpoint.
+    ``settings``: ``store_size``, ``input_size``, ``labels``, the ``evaluate`` prompt settings
+    and the evaluation ``precision``, so chexdino scores with the folder exactly as with the
+    checkpoint.
     """
     from safetensors.torch import save_file
 
@@ -141,6 +142,7 @@ def export_model(
                                                  int(settings["input_size"])),
             "labels": list(settings["labels"]),
             "evaluate": dict(settings.get("evaluate", {})),
+            "precision": str(settings.get("precision", "bf16")),
             "step": int(ckpt.get("step", -1)),
         },
     }
@@ -303,7 +305,8 @@ def export_run(model: Path, results: Path, out_dir: Path, landing: Path | None =
     evaluate = dict(config.get("evaluate") or {})
     settings = {"store_size": config.get("images", {}).get("size", 320),
                 "input_size": config.get("train", {}).get("input_size", 224),
-                "labels": evaluate.get("labels", []), "evaluate": evaluate}
+                "labels": evaluate.get("labels", []), "evaluate": evaluate,
+                "precision": config.get("train", {}).get("precision", "bf16")}
     export_model(Path(model), Path(out_dir), settings, card)
     if landing is not None:
         Path(landing).write_text(landing_block(Path(out_dir), tables))

@@ -68,7 +68,8 @@ class PredictSettings:
         """The ``chexdino`` section of an exported folder's ``open_clip_config.json``."""
         prep = section["preprocessing"]
         return cls(store_size=int(prep["store_size"]), input_size=int(prep["input_size"]),
-                   labels=list(section["labels"]), evaluate=dict(section.get("evaluate", {})))
+                   labels=list(section["labels"]), evaluate=dict(section.get("evaluate", {})),
+                   precision=str(section.get("precision", "bf16")))
 
 
 def merge_configs(paths: Sequence[Path]) -> dict[str, Any]:
