@@ -32,6 +32,8 @@ demo-data: $(DEMO_DATA)/.done
 demo: $(DEMO_DATA)/.done
 	$(BIN)/snakemake --cores $(CORES) --configfile $(DEMO_CONFIG) --rerun-incomplete all
 	$(BIN)/snakemake --cores $(CORES) --configfile $(DEMO_CONFIG) --report results/demo/report.html
+	$(BIN)/chexdino predict --model results/demo/export --out results/demo/predict/predictions.csv \
+		$$(ls -d $(DEMO_DATA)/chexpert/CheXpert-v1.0/test/* | head -8)
 	@$(BIN)/chexdino scorecard results/demo
 	@echo "Report: $(CURDIR)/results/demo/report.html"
 

@@ -18,6 +18,7 @@ include: "workflow/rules/reports.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/summary.smk"
+include: "workflow/rules/export.smk"
 
 
 rule all:

@@ -140,8 +140,8 @@ def test_report_renders_its_sections_in_a_browser(finished_run, chromium, tmp_pa
     assert "error" not in rendered, rendered.get("error")
 
     landing = rendered["landing"]
-    for section in ("Workflow", "Statistics", "About", "Results",
-                    "1. Dataset", "2. Training", "3. Zero-shot evaluation", "4. Provenance"):
+    for section in ("Workflow", "Statistics", "About", "Results", "1. Dataset", "2. Training",
+                    "3. Zero-shot evaluation", "4. Provenance", "5. Exported model"):
         assert section in landing, section
     # The landing text of workflow/report/workflow.rst, with this run's settings filled in.
     for phrase in ("turned MIMIC-CXR images and reports into a CLIP-style chest X-ray model",
@@ -162,6 +162,14 @@ def test_report_renders_its_sections_in_a_browser(finished_run, chromium, tmp_pa
     torch_version = package_versions(("torch",))["torch"]
     assert f"torch {torch_version}" in landing and "Produced by chexdino" in landing
 
+    # Retrieval, the published comparison and the exported folder, from model_summary.rst.
+    for phrase in ("Retrieval (MIMIC-CXR test split, study level)", "image to report",
+                   "report to image", "R@10", "Comparison with CheXzero (CheXpert test)",
+                   "0.932", "published inside our CI", "Exported model",
+                   str(results / "export")):
+        assert phrase in landing, phrase
+    assert "README.md" in rendered["category 5. Exported model"]
+
     provenance = rendered["category 4. Provenance"]
     assert "provenance.csv" in provenance and "run_config.yaml" in provenance
 
@@ -175,6 +183,9 @@ def test_report_renders_its_sections_in_a_browser(finished_run, chromium, tmp_pa
     for text in zero_shot.values():
         for name in ("auroc.csv", "roc.png", "probabilities.csv"):
             assert name in text, name
+    assert "retrieval.csv" in zero_shot["subcategory 3. Zero-shot evaluation / mimic_test"]
+    assert "published_comparison.csv" in zero_shot[
+        "subcategory 3. Zero-shot evaluation / chexpert_test"]
     # Statistics: the per-rule runtimes chart was drawn.
     assert int(rendered["runtime charts"]) >= 1
 

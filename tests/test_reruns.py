@@ -134,7 +134,8 @@ def test_unchanged_config_plans_only_the_stages_never_run(snakemake_answers):
     # stages are planned for their missing outputs only
     jobs = plan(snakemake_answers, "unchanged")
     assert not set(jobs) & set(PREPROCESSING)
-    assert set(jobs) == {"train", "evaluate", "plot_training", "run_summary", "all"}
+    assert set(jobs) == {"train", "evaluate", "plot_training", "retrieval", "compare_published",
+                         "run_summary", "export", "all"}
     assert UPDATED_INPUT not in jobs["train"][0]
 
 

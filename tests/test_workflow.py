@@ -106,10 +106,24 @@ def test_scorecards_and_report(finished_run, tmp_path):
     assert run_config["train"]["steps"] == 4 and run_config["results"] == str(results)
     provenance = pd.read_csv(results / "provenance.csv", keep_default_na=False)
     assert {"item", "report", "train", "evaluate mimic_test"} <= set(provenance.columns)
+    # Retrieval beside the MIMIC scorecard, CheXzero beside the CheXpert one, the export.
+    recall = pd.read_csv(results / "eval" / "mimic_test" / "retrieval.csv")
+    assert len(recall) == 6 and recall["recall"].between(0, 1).all()
+    assert (recall["n_queries"] > 0).all()
+    published = pd.read_csv(results / "eval" / "chexpert_test" / "published_comparison.csv")
+    assert published["published"].round(3).tolist() == [0.812, 0.913, 0.890, 0.899, 0.932,
+                                                         0.889]
+    from chexdino.export import load_exported
+
+    assert load_exported(results / "export").cfg.to_dict()["vision"] == run_config["model"][
+        "vision"]
+    card = (results / "export" / "README.md").read_text()
+    assert "## Zero-shot scorecard" in card and "image to report" in card
     report = tmp_path / "report.html"
     snakemake("--report", str(report), *configs)
     text = report.read_text(errors="ignore")
-    for needle in ("auroc.csv", "roc.png", "curves.png", "dataset_summary.png"):
+    for needle in ("auroc.csv", "roc.png", "curves.png", "dataset_summary.png", "README.md",
+                   "retrieval.csv", "published_comparison.csv", "Comparison with CheXzero"):
         assert needle in text
     # Nothing left to do: a second run is a no-op.
     dry = snakemake("-n", "all", *configs)

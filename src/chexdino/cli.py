@@ -154,10 +154,27 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
     cfg = _json(a.evaluate)
     top_k = cfg.get("ensemble_top_k", 1)
-    members = [Path(a.model)] if top_k <= 1 else ensemble_members(Path(a.checkpoints), top_k)
+    load = None
+    if Path(a.model).is_dir():  # an exported or any open_clip model folder, scored alone
+        from chexdino.export import folder_input_size
+        from chexdino.predict import load_model
+
+        members = [Path(a.model)]
+        if a.input_size == 0:  # the folder's own input size
+            a.input_size = folder_input_size(Path(a.model))
+
+        def load(path: Path, device):
+            return load_model(path, device, a.input_size)
+    elif top_k > 1:
+        if not a.checkpoints:
+            raise ChexdinoError("evaluate.ensemble_top_k > 1 needs --checkpoints (the run's "
+                                "checkpoints.json)")
+        members = ensemble_members(Path(a.checkpoints), top_k)
+    else:
+        members = [Path(a.model)]
     evaluate_store(members, Path(a.cxr), Path(a.out_dir), cfg, a.input_size,
                    split=a.split or None, device_name=a.device, precision=a.precision,
-                   batch_size=cfg.get("batch_size", 256))
+                   batch_size=cfg.get("batch_size", 256), load=load)
 
 
 @command("summarize")
@@ -197,6 +214,78 @@ def cmd_scorecard(a: argparse.Namespace) -> None:
         print(f"\n== zero-shot scorecard: {path.parent.name} ==")
         summary = json.loads(path.read_text())
         print(format_table(table, summary.get("headline", summary)))
+        retrieval = path.with_name("retrieval.csv")
+        if retrieval.is_file():
+            from chexdino.retrieval import format_recall
+
+            print(f"\n== retrieval (study level): {path.parent.name} ==")
+            print(format_recall(pd.read_csv(retrieval)))
+
+
+@command("predict")
+def cmd_predict(a: argparse.Namespace) -> None:
+    from chexdino.export import exported_settings, is_exported
+    from chexdino.predict import PredictSettings, default_config, merge_configs, predict_files
+
+    if is_exported(Path(a.model)) and not a.config:
+        log.info("settings from %s/open_clip_config.json", a.model)
+        settings = PredictSettings.from_exported(exported_settings(Path(a.model)))
+    else:
+        configs = [Path(c) for c in a.config] or [default_config(Path(a.model))]
+        log.info("settings from %s", ", ".join(map(str, configs)))
+        settings = PredictSettings.from_config(merge_configs(configs))
+    if a.labels:
+        settings.labels = list(a.labels)
+    settings.device = a.device or settings.device
+    settings.precision = a.precision or settings.precision
+    out = Path(a.out)
+    rejects = Path(a.rejects) if a.rejects else out.with_name(f"{out.stem}_rejects.csv")
+    counts = predict_files(Path(a.model), [Path(f) for f in a.files], settings, out, rejects,
+                           batch_size=a.batch_size)
+    print(f"{counts['predicted']} films scored -> {out}; {counts['rejected']} rejected -> "
+          f"{rejects}")
+
+
+@command("export")
+def cmd_export(a: argparse.Namespace) -> None:
+    from chexdino.export import export_run
+
+    export_run(Path(a.model), Path(a.results), Path(a.out_dir),
+               Path(a.landing) if a.landing else None)
+    print(f"exported {a.model} -> {a.out_dir} (model.safetensors, open_clip_config.json, "
+          "README.md)")
+
+
+@command("retrieval")
+def cmd_retrieval(a: argparse.Namespace) -> None:
+    from chexdino.retrieval import score_retrieval
+
+    cfg = _json(a.evaluate)
+    score_retrieval(Path(a.model), Path(a.cxr), Path(a.tokens), Path(a.out_dir), a.split,
+                    a.input_size, a.device, a.precision, cfg.get("batch_size", 256),
+                    cfg.get("bootstrap", 1000), cfg.get("seed", 0))
+
+
+@command("compare-published")
+def cmd_compare_published(a: argparse.Namespace) -> None:
+    from chexdino.modelcard import markdown_table
+    from chexdino.published import write_comparison
+
+    table = write_comparison(Path(a.auroc), Path(a.summary), Path(a.published), a.eval_set,
+                             Path(a.out))
+    print(markdown_table(table.drop(columns=["source"])))
+
+
+@command("compare-models")
+def cmd_compare_models(a: argparse.Namespace) -> None:
+    from chexdino.modelcard import markdown_table
+    from chexdino.published import write_side_by_side
+
+    if len(a.names) != len(a.scorecards):
+        raise ChexdinoError(f"--names has {len(a.names)} entries, --scorecards "
+                            f"{len(a.scorecards)}: give one name per scorecard folder")
+    table = write_side_by_side(dict(zip(a.names, a.scorecards, strict=True)), Path(a.out))
+    print(markdown_table(table))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -255,10 +344,16 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument(f"--{arg}", required=True)
 
     s = sub.add_parser("evaluate", help="stage 5: zero-shot AUROC scorecard")
-    for arg in ("model", "checkpoints", "cxr", "evaluate", "out-dir"):
+    s.add_argument("--model", required=True,
+                   help="a chexdino checkpoint, an exported model folder or any open_clip "
+                        "model folder (local files)")
+    for arg in ("cxr", "evaluate", "out-dir"):
         s.add_argument(f"--{arg}", required=True)
+    s.add_argument("--checkpoints", default="",
+                   help="the run's checkpoints.json (for evaluate.ensemble_top_k > 1)")
     s.add_argument("--split", default="")
-    s.add_argument("--input-size", type=int, default=224)
+    s.add_argument("--input-size", type=int, default=224,
+                   help="model input size; 0 for a model folder's own")
     s.add_argument("--precision", default="bf16")
     s.add_argument("--device", default="auto")
 
@@ -275,6 +370,45 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("scorecard", help="print the AUROC tables of a results folder")
     s.add_argument("results")
+
+    s = sub.add_parser("predict", help="zero-shot probabilities for new films (DICOM/JPG/PNG)")
+    s.add_argument("files", nargs="+", metavar="FILE_OR_FOLDER")
+    s.add_argument("--model", required=True,
+                   help="a chexdino checkpoint (results/train/best.pt), an exported model folder "
+                        "(its settings come with it) or any open_clip model folder")
+    s.add_argument("--out", required=True, help="predictions CSV")
+    s.add_argument("--rejects", default="", help="rejects CSV (default: <out>_rejects.csv)")
+    s.add_argument("--config", nargs="*", default=[],
+                   help="the run's config files, merged in order (default: the run_config.yaml "
+                        "of the results folder holding --model)")
+    s.add_argument("--labels", nargs="*", default=[], help="labels to score (default: config)")
+    s.add_argument("--device", default="", help="auto, cuda or cpu (default: config)")
+    s.add_argument("--precision", default="", help="bf16 (GPU only) or fp32 (default: config)")
+    s.add_argument("--batch-size", type=int, default=64)
+
+    s = sub.add_parser("export", help="an open_clip model folder with a model card")
+    s.add_argument("--model", required=True, help="a chexdino checkpoint (results/train/best.pt)")
+    s.add_argument("--results", required=True, help="the finished run's results folder")
+    s.add_argument("--out-dir", required=True)
+    s.add_argument("--landing", default="", help="also write the report's landing-page block")
+
+    s = sub.add_parser("retrieval", help="image-report retrieval Recall@1/5/10, study level")
+    for arg in ("model", "cxr", "tokens", "evaluate", "out-dir"):
+        s.add_argument(f"--{arg}", required=True)
+    s.add_argument("--split", default="test")
+    s.add_argument("--input-size", type=int, default=224)
+    s.add_argument("--precision", default="bf16")
+    s.add_argument("--device", default="auto")
+
+    s = sub.add_parser("compare-published", help="our scorecard beside published AUROCs")
+    for arg in ("auroc", "summary", "published", "out"):
+        s.add_argument(f"--{arg}", required=True)
+    s.add_argument("--eval-set", default="chexpert_test")
+
+    s = sub.add_parser("compare-models", help="AUROC tables of several models, a column each")
+    s.add_argument("--names", nargs="+", required=True)
+    s.add_argument("--scorecards", nargs="+", required=True, help="evaluation output folders")
+    s.add_argument("--out", required=True)
     return p
 
 

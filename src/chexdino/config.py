@@ -69,6 +69,10 @@ def semantic_problems(config: Mapping[str, Any]) -> Iterator[str]:
     for name in ("image_root", "report_root"):
         if name in mimic and not Path(mimic[name]).is_dir():
             yield f"mimic.{name}: folder not found: {mimic[name]}"
+    for name, folder in (config.get("compare_models") or {}).items():
+        if not (Path(folder) / "open_clip_config.json").is_file():
+            yield (f"compare_models.{name}: {folder} is not a model folder "
+                   "(no open_clip_config.json)")
     chexpert = config.get("chexpert_test") or {}
     if "groundtruth_csv" in chexpert and not Path(chexpert["groundtruth_csv"]).is_file():
         yield f"chexpert_test.groundtruth_csv: file not found: {chexpert['groundtruth_csv']}"

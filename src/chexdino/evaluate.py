@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +39,12 @@ def autocast(device: torch.device, precision: str):
 @torch.no_grad()
 def embed_images(
     model: ChexDino, images: np.ndarray | torch.Tensor, input_size: int, device: torch.device,
-    batch_size: int = 256, precision: str = "bf16", normalize: str = "clip",
+    batch_size: int = 256, precision: str = "bf16", normalize: str | None = None,
 ) -> torch.Tensor:
     """(N, H, W) uint8 -> (N, D) float32 unit image embeddings, batched on ``device``;
-    ``normalize`` must be the model's training normalisation (``train.normalize``)."""
+    ``normalize`` is the model's training normalisation (``train.normalize``; by default
+    the one a loaded model records, else ``clip``)."""
+    normalize = normalize or model_normalization(model)
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
@@ -95,8 +97,16 @@ def zero_shot_probs(
 
 
 def load_checkpoint_model(path: Path, device: torch.device) -> ChexDino:
-    """Rebuild a trained model from a chexdino checkpoint (weights-only load)."""
-    return load_checkpoint(path, device)[0]
+    """Rebuild a trained model from a chexdino checkpoint (weights-only load); the model
+    carries the image normalisation it was trained with as ``model.normalize``."""
+    model, normalize = load_checkpoint(path, device)
+    model.normalize = normalize
+    return model
+
+
+def model_normalization(model: torch.nn.Module) -> str:
+    """The image normalisation a loaded model expects (``clip`` unless it records another)."""
+    return str(getattr(model, "normalize", "clip"))
 
 
 def load_checkpoint(path: Path, device: torch.device) -> tuple[ChexDino, str]:
@@ -121,8 +131,14 @@ def evaluate_store(
     checkpoints: Sequence[Path], cxr_h5: Path, out_dir: Path, eval_cfg: dict[str, Any],
     input_size: int, split: str | None = None, device_name: str = "auto",
     precision: str = "bf16", batch_size: int = 256,
+    load: Callable[[Path, torch.device], Any] | None = None,
 ) -> dict[str, Any]:
-    """Score one image store with one model or a probability-averaged ensemble; write outputs."""
+    """Score one image store with one model or a probability-averaged ensemble; write outputs.
+
+    ``load`` rebuilds a model from each path (default: a chexdino checkpoint); the CLI passes
+    one that also takes exported and other open_clip model folders.
+    """
+    load = load or load_checkpoint_model
     device = pick_device(device_name)
     meta = h5store.read_meta(cxr_h5)
     rows = np.flatnonzero(meta["split"] == split) if split else np.arange(len(meta))
@@ -130,7 +146,8 @@ def evaluate_store(
     labels = [lab for lab in eval_cfg.get("labels", LABELS)]
     probs = []
     for path in checkpoints:
-        model, normalize = load_checkpoint(path, device)
+        model = load(path, device)
+        normalize = model_normalization(model)
         if eval_cfg.get("compile", False):
             model.visual = torch.compile(model.visual)
         emb = embed_images(model, images, input_size, device, batch_size, precision, normalize)

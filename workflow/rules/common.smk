@@ -69,12 +69,34 @@ def validation_prompts():
     return {k: config["evaluate"][k] for k in keys if k in config["evaluate"]}
 
 
+def published_comparison():
+    """CheXzero's published AUROCs beside ours, when the CheXpert test set is configured."""
+    if config.get("chexpert_test"):
+        return [f"{R}/eval/chexpert_test/published_comparison.csv"]
+    return []
+
+
+def compared_models():
+    """Names of the other models scored beside this run's (``compare_models``)."""
+    return sorted(config.get("compare_models") or {})
+
+
+def model_comparisons():
+    """One side-by-side table per evaluation set when other models are configured."""
+    if not compared_models():
+        return []
+    return expand(f"{R}/eval/{{evalset}}/model_comparison.csv", evalset=eval_sets())
+
+
 def get_final_output():
     return [
         f"{R}/mimic/dataset_summary.json",
         f"{R}/train/curves.png",
         *expand(f"{R}/eval/{{evalset}}/summary.json", evalset=eval_sets()),
         f"{R}/run_summary.rst",
+        f"{R}/export/model.safetensors",
+        f"{R}/model_summary.rst",
+        *model_comparisons(),
     ]
 
 

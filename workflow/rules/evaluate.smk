@@ -47,3 +47,129 @@ rule evaluate:
         " --cxr {input.cxr} --split '{params.split}' --evaluate {params.evaluate}"
         " --input-size {params.input_size} --precision {params.precision}"
         " --device {params.device} --out-dir {params.out_dir} > {log} 2>&1"
+
+
+# Image-report retrieval (Recall@1/5/10 both ways, study level) on MIMIC-CXR's test split.
+rule retrieval:
+    input:
+        code=stage_code("retrieval"),
+        model=f"{R}/train/best.pt",
+        cxr=f"{R}/mimic/cxr.h5",
+        tokens=f"{R}/mimic/tokens.h5",
+    output:
+        table=report(
+            f"{R}/eval/mimic_test/retrieval.csv",
+            caption="../report/retrieval.rst",
+            category="3. Zero-shot evaluation",
+            subcategory="mimic_test",
+        ),
+        summary=f"{R}/eval/mimic_test/retrieval.json",
+    log:
+        f"{R}/logs/retrieval.log",
+    conda:
+        "../envs/chexdino.yaml"
+    threads: 8
+    resources:
+        gpu=1,
+    params:
+        out_dir=lambda wildcards, output: os.path.dirname(output.summary),
+        evaluate=as_json(
+            {k: config["evaluate"][k] for k in ("bootstrap", "seed", "batch_size")}
+        ),
+        input_size=config["train"]["input_size"],
+        precision=config["train"]["precision"],
+        device=config["train"]["device"],
+    shell:
+        "chexdino retrieval --model {input.model} --cxr {input.cxr} --tokens {input.tokens}"
+        " --split test --evaluate {params.evaluate} --input-size {params.input_size}"
+        " --precision {params.precision} --device {params.device}"
+        " --out-dir {params.out_dir} > {log} 2>&1"
+
+
+# CheXzero's published AUROCs (one data file with their source) beside our CheXpert scorecard.
+rule compare_published:
+    input:
+        code=stage_code("published"),
+        auroc=f"{R}/eval/chexpert_test/auroc.csv",
+        summary=f"{R}/eval/chexpert_test/summary.json",
+        published=os.path.join(
+            workflow.basedir, "workflow/resources/published_auroc.csv"
+        ),
+    output:
+        report(
+            f"{R}/eval/chexpert_test/published_comparison.csv",
+            caption="../report/published.rst",
+            category="3. Zero-shot evaluation",
+            subcategory="chexpert_test",
+        ),
+    log:
+        f"{R}/logs/compare_published.log",
+    conda:
+        "../envs/chexdino.yaml"
+    shell:
+        "chexdino compare-published --auroc {input.auroc} --summary {input.summary}"
+        " --published {input.published} --eval-set chexpert_test --out {output}"
+        " > {log} 2>&1"
+
+
+# Another model (compare_models: an exported or any open_clip model folder), same protocol.
+rule evaluate_model:
+    input:
+        code=stage_code("predict"),
+        model=lambda wildcards: config["compare_models"][wildcards.other],
+        cxr=eval_store,
+    output:
+        summary=f"{R}/eval/{{evalset}}/models/{{other}}/summary.json",
+        table=f"{R}/eval/{{evalset}}/models/{{other}}/auroc.csv",
+        probabilities=f"{R}/eval/{{evalset}}/models/{{other}}/probabilities.csv",
+        roc=f"{R}/eval/{{evalset}}/models/{{other}}/roc.png",
+    log:
+        f"{R}/logs/evaluate/{{evalset}}-{{other}}.log",
+    wildcard_constraints:
+        other="[A-Za-z0-9_-]+",
+    conda:
+        "../envs/chexdino.yaml"
+    threads: 8
+    resources:
+        gpu=1,
+    params:
+        out_dir=lambda wildcards, output: os.path.dirname(output.summary),
+        evaluate=as_json({**config["evaluate"], "ensemble_top_k": 1}),
+        precision=config["train"]["precision"],
+        device=config["train"]["device"],
+        split=lambda wc: "test" if wc.evalset == "mimic_test" else "",
+    shell:
+        "chexdino evaluate --model {input.model} --cxr {input.cxr}"
+        " --split '{params.split}' --evaluate {params.evaluate} --input-size 0"
+        " --precision {params.precision} --device {params.device}"
+        " --out-dir {params.out_dir} > {log} 2>&1"
+
+
+# This run's scorecard and every compared model's, a column each.
+rule compare_models:
+    input:
+        code=stage_code("published"),
+        ours=f"{R}/eval/{{evalset}}/auroc.csv",
+        others=lambda wildcards: expand(
+            f"{R}/eval/{wildcards.evalset}/models/{{other}}/auroc.csv",
+            other=compared_models(),
+        ),
+    output:
+        report(
+            f"{R}/eval/{{evalset}}/model_comparison.csv",
+            caption="../report/model_comparison.rst",
+            category="3. Zero-shot evaluation",
+            subcategory="{evalset}",
+        ),
+    log:
+        f"{R}/logs/compare_models/{{evalset}}.log",
+    conda:
+        "../envs/chexdino.yaml"
+    params:
+        names=lambda wildcards: " ".join(["this-run", *compared_models()]),
+        folders=lambda wildcards, input: " ".join(
+            os.path.dirname(p) for p in [input.ours, *input.others]
+        ),
+    shell:
+        "chexdino compare-models --names {params.names} --scorecards {params.folders}"
+        " --out {output} > {log} 2>&1"

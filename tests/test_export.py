@@ -1,0 +1,246 @@
+"""`chexdino export`: open_clip rebuilds the exported folder offline with chexdino's embeddings."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from chexdino.errors import WeightsError
+from chexdino.export import export_model, load_exported
+from chexdino.model import build_model
+from chexdino.modelcard import model_card
+from chexdino.tokens import tokenize
+from chexdino.transforms import eval_transform
+
+SETTINGS = {"store_size": 320, "input_size": 64, "labels": ["Edema"],
+            "evaluate": {"positive_templates": ["{}"], "negative_templates": ["no {}"]}}
+TEXTS = ["no acute cardiopulmonary process", "moderate left pleural effusion", "edema"]
+
+
+def _checkpoint(tmp_path, vision: dict):
+    cfg = {"embed_dim": 32, "init_temperature": 0.05,
+           "vision": {"random_init": True, **vision},
+           "text": {"name": "ViT-B-32-quickgelu", "random_init": True,
+                    "overrides": {"width": 32, "heads": 2, "layers": 1}}}
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build_model(cfg).eval()
+    with torch.no_grad():  # no parameter keeps its initial value (biases start at zero)
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    path = tmp_path / "best.pt"
+    torch.save({"step": 7, "model": model.state_dict(), "model_config": model.cfg.to_dict(),
+                "val": {}}, path)
+    return model, path
+
+
+def _inputs():
+    films = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (3, 320, 320),
+                                                               dtype=np.uint8))
+    return eval_transform(films, SETTINGS["input_size"]), tokenize(TEXTS)
+
+
+def test_open_clip_loads_the_folder_with_the_same_embeddings(tmp_path):
+    import open_clip
+
+    model, ckpt = _checkpoint(tmp_path, {"name": "vit_small_patch16_dinov3"})
+    folder = tmp_path / "export"
+    export_model(ckpt, folder, SETTINGS, card="# card\n")
+    assert not list(folder.glob("*.pt")) and not list(folder.glob("*.bin"))  # no pickle
+    loaded, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}")
+    loaded.eval()
+    images, tokens = _inputs()
+    oc_tokens = open_clip.get_tokenizer(f"local-dir:{folder}")(TEXTS)
+    assert torch.equal(oc_tokens, tokens)
+    with torch.no_grad():
+        ours_img, ours_txt = model.encode_image(images), model.encode_text(tokens)
+        theirs_img = loaded.encode_image(images, normalize=True)
+        theirs_txt = loaded.encode_text(oc_tokens, normalize=True)
+    assert (ours_img - theirs_img).abs().max() < 1e-5
+    assert (ours_txt - theirs_txt).abs().max() < 1e-5
+    assert (ours_img[0] - ours_img[1]).abs().max() > 1e-3  # distinct inputs, distinct outputs
+    assert torch.allclose(loaded.logit_scale, model.logit_scale)
+    # open_clip's transform letterboxes a portrait film to the input size on black.
+    from PIL import Image
+
+    x = preprocess(Image.fromarray(np.full((300, 150), 200, dtype=np.uint8), mode="L"))
+    assert x.shape == (3, 64, 64)
+    black = eval_transform(torch.zeros(1, 4, 4, dtype=torch.uint8), 4)[0, :, 0, 0]
+    torch.testing.assert_close(x[:, 0, 0], black)  # padded column
+    assert (x[:, 32, 32] > black + 1).all()  # the film itself
+    cfg = json.loads((folder / "open_clip_config.json").read_text())
+    assert cfg["preprocess_cfg"]["size"] == 64 and cfg["preprocess_cfg"]["resize_mode"] == "longest"
+    assert cfg["chexdino"]["preprocessing"]["store_size"] == 320
+
+
+def test_shrunken_towers_round_trip_in_chexdino_and_open_clip_3_3_refuses_them(tmp_path):
+    import open_clip
+
+    vision = {"name": "vit_base_patch16_dinov3",
+              "overrides": {"embed_dim": 48, "depth": 2, "num_heads": 3, "init_values": 1.0}}
+    model, ckpt = _checkpoint(tmp_path, vision)
+    folder = tmp_path / "export"
+    export_model(ckpt, folder, SETTINGS)
+    again = load_exported(folder)
+    images, tokens = _inputs()
+    with torch.no_grad():
+        assert torch.equal(again.encode_image(images), model.encode_image(images))
+        assert torch.equal(again.encode_text(tokens), model.encode_text(tokens))
+    doc = json.loads((folder / "open_clip_config.json").read_text())
+    doc["chexdino"]["model_config"]["embed_dim"] = 16
+    (folder / "open_clip_config.json").write_text(json.dumps(doc))
+    with pytest.raises(WeightsError, match="model.safetensors"):
+        load_exported(folder)
+    if "timm_model_kwargs" not in open_clip.model.CLIPVisionCfg.__dataclass_fields__:
+        with pytest.raises(Exception, match="timm_model_kwargs"):
+            open_clip.create_model_and_transforms(f"local-dir:{folder}")
+
+
+def test_model_card_carries_the_scorecard_and_the_limits():
+    import pandas as pd
+
+    table = pd.DataFrame({"label": ["Edema"], "auroc": [0.81234], "ci_low": [0.7],
+                          "ci_high": [0.9], "n_pos": [12], "n_neg": [30], "note": [""]})
+    headline = {"mean_auroc_competition": 0.8, "mean_auroc_competition_ci": [0.75, 0.85],
+                "n_images": 42}
+    config = {"model": {"vision": {"name": "vit_base_patch16_dinov3", "random_init": True},
+                        "text": {"name": "ViT-B-32-quickgelu"}, "embed_dim": 512},
+              "train": {"steps": 500}, "select": {"views": ["PA", "AP"]}}
+    card = model_card(config, {"best_step": 400, "environment": {"hardware": "CPU: x"}},
+                      {"input_records": 10, "kept": 9, "rejected": 1},
+                      {"mimic_test": (table, headline)}, {"Retrieval": "R@1 table"})
+    assert "| Edema | 0.812 | [0.700, 0.900] | 12 | 30 |" in card
+    assert "**0.800** [0.750, 0.850]" in card and "## Retrieval" in card
+    assert "random initialisation" in card and "not a medical device" in card
+
+
+def test_export_of_a_finished_run_and_predict_through_the_folder(tmp_path, tiny_model_cfg):
+    import pandas as pd
+    import yaml
+    from docutils.core import publish_doctree
+    from PIL import Image
+
+    from chexdino import LABELS, h5store
+    from chexdino.cli import main
+    from chexdino.evaluate import evaluate_store
+
+    results = tmp_path / "results"
+    rng = np.random.default_rng(1)
+    n = 24
+    meta = pd.DataFrame({"dicom_id": [f"d{i}" for i in range(n)], "study_id": "s",
+                         "subject_id": "p", "split": "test", "view": "PA",
+                         "source_rows": 64, "source_cols": 64})
+    for lab in LABELS:
+        meta[lab] = rng.choice([1.0, 0.0], size=n)
+    images = rng.integers(0, 255, (n, 64, 64), dtype=np.uint8)
+    h5store.write_store(tmp_path / "cxr.h5", images, meta, 64)
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build_model(tiny_model_cfg)
+    ckpt = results / "train" / "best.pt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"step": 3, "model": model.state_dict(), "model_config": model.cfg.to_dict(),
+                "val": {}}, ckpt)
+    eval_cfg = {"bootstrap": 20, "labels": list(LABELS)}
+    evaluate_store([ckpt], tmp_path / "cxr.h5", results / "eval" / "mimic_test", eval_cfg,
+                   input_size=32, device_name="cpu", precision="fp32")
+    config = {"images": {"size": 64}, "train": {"input_size": 32, "steps": 3},
+              "evaluate": eval_cfg, "model": tiny_model_cfg, "select": {"views": ["PA"]}}
+    (results / "run_config.yaml").write_text(yaml.safe_dump(config))
+    (results / "train" / "checkpoints.json").write_text(json.dumps({"best_step": 3}))
+    (results / "mimic").mkdir()
+    (results / "mimic" / "dataset_summary.json").write_text(
+        json.dumps({"input_records": 25, "kept": 24, "rejected": 1}))
+
+    # Retrieval and the published comparison, as their stages write them.
+    from chexdino.published import write_comparison
+    from chexdino.retrieval import recall_table
+
+    recall_table({"image_to_report": np.array([0, 3, 12])}, {"image_to_report": 20},
+                 n_bootstrap=10).to_csv(results / "eval" / "mimic_test" / "retrieval.csv",
+                                        index=False)
+    write_comparison(results / "eval" / "mimic_test" / "auroc.csv",
+                     results / "eval" / "mimic_test" / "summary.json",
+                     Path(__file__).resolve().parents[1] / "workflow" / "resources"
+                     / "published_auroc.csv", "chexpert_test",
+                     results / "eval" / "chexpert_test" / "published_comparison.csv")
+
+    folder, landing = results / "export", results / "model_summary.rst"
+    assert main(["export", "--model", str(ckpt), "--results", str(results),
+                 "--out-dir", str(folder), "--landing", str(landing)]) == 0
+    card = (folder / "README.md").read_text()
+    edema = pd.read_csv(results / "eval" / "mimic_test" / "auroc.csv").set_index("label")
+    assert f"| Edema | {edema.loc['Edema', 'auroc']:.3f} |" in card
+    assert "24 used, 1 rejected" in card
+    doctree = publish_doctree(landing.read_text(), settings_overrides={"report_level": 2,
+                                                                      "halt_level": 2})
+    text = doctree.astext()
+    assert str(folder) in text and "image to report" in text and "0.812" in text
+    assert "Tiu et al." in card and "| image to report | 0.333 [" in card
+    assert "| Atelectasis | " in card and "| 0.812 | " in card
+
+    # predict takes the folder (settings from its config) and gives the checkpoint's numbers.
+    for i in range(3):
+        Image.fromarray(images[i]).save(tmp_path / f"film{i}.png")
+    films = [str(tmp_path / f"film{i}.png") for i in range(3)]
+    for name, model_arg in (("ckpt", ckpt), ("folder", folder)):
+        main(["predict", "--model", str(model_arg), *films, "--out",
+              str(tmp_path / f"{name}.csv"), "--device", "cpu", "--precision", "fp32"])
+    by_ckpt, by_folder = (pd.read_csv(tmp_path / f"{x}.csv").filter(like="prob_")
+                          for x in ("ckpt", "folder"))
+    assert list(by_folder.columns) == [f"prob_{x}" for x in LABELS]
+    np.testing.assert_allclose(by_folder.to_numpy(), by_ckpt.to_numpy(), rtol=0, atol=1e-6)
+
+
+def test_evaluate_scores_exported_and_plain_open_clip_folders_like_the_checkpoint(tmp_path):
+    import pandas as pd
+
+    from chexdino import LABELS, h5store
+    from chexdino.cli import main
+    from chexdino.errors import ChexdinoError
+
+    _, ckpt = _checkpoint(tmp_path, {"name": "vit_small_patch16_dinov3"})
+    exported, plain = tmp_path / "exported", tmp_path / "plain"
+    for folder in (exported, plain):
+        export_model(ckpt, folder, SETTINGS)
+    doc = json.loads((plain / "open_clip_config.json").read_text())
+    del doc["chexdino"]  # any open_clip model folder: open_clip builds it, chexdino scores it
+    (plain / "open_clip_config.json").write_text(json.dumps(doc))
+    rng = np.random.default_rng(2)
+    n = 20
+    meta = pd.DataFrame({"dicom_id": [f"d{i}" for i in range(n)], "study_id": "s",
+                         "subject_id": "p", "split": "test", "view": "PA",
+                         "source_rows": 96, "source_cols": 96})
+    for lab in LABELS:
+        meta[lab] = rng.choice([1.0, 0.0], size=n)
+    h5store.write_store(tmp_path / "cxr.h5", rng.integers(0, 255, (n, 96, 96), dtype=np.uint8),
+                        meta, 96)
+    probs = {}
+    for name, model in (("ckpt", ckpt), ("exported", exported), ("plain", plain)):
+        assert main(["evaluate", "--model", str(model), "--cxr", str(tmp_path / "cxr.h5"),
+                     "--evaluate", json.dumps({"bootstrap": 5}), "--input-size", "64",
+                     "--precision", "fp32", "--device", "cpu",
+                     "--out-dir", str(tmp_path / name)]) == 0
+        probs[name] = pd.read_csv(tmp_path / name / "probabilities.csv").filter(like="prob_")
+    for name in ("exported", "plain"):
+        np.testing.assert_allclose(probs[name].to_numpy(), probs["ckpt"].to_numpy(), rtol=0,
+                                   atol=1e-5)
+    assert probs["ckpt"].to_numpy().std(axis=0).min() > 1e-4
+
+    doc["preprocess_cfg"]["mean"] = [0.5, 0.5, 0.5]
+    (plain / "open_clip_config.json").write_text(json.dumps(doc))
+    from chexdino.export import load_model_folder
+
+    with pytest.raises(ChexdinoError, match="mean"):
+        load_model_folder(plain, "cpu", 64)
+    del doc["preprocess_cfg"]["mean"]  # open_clip's default is CLIP's mean
+    (plain / "open_clip_config.json").write_text(json.dumps(doc))
+    with pytest.raises(ChexdinoError, match=r"size 64 \(evaluation input size is 32\)"):
+        load_model_folder(plain, "cpu", 32)
