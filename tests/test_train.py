@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import warnings
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from chexdino.data import batch_indices
-from chexdino.train import RESUME_EXIT_CODE, Trainer
+from chexdino.train import RESUME_EXIT_CODE, TrainConfig, Trainer
 
 
 def train_cfg(**over):
@@ -90,6 +91,9 @@ def test_retention_and_best_checkpoint(tiny_store, tmp_path, tiny_model_cfg):
     result = trainer.run()
     ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step_*.pt"))
     info = json.loads((tmp_path / "run" / "checkpoints.json").read_text())
+    assert info["training_path"]["compile"] == "eager"  # compile: auto on a CPU
+    assert info["training_path"]["processes"] == 1
+    assert info["training_path"]["median_img_per_s"] > 0
     val = pd.read_csv(tmp_path / "run" / "validation.csv")
     assert list(val["step"]) == [4, 8]
     best_step = int(val.loc[val["val_auroc"].idxmax(), "step"])
@@ -218,3 +222,17 @@ def test_normalisation_is_used_in_training_and_validation_and_recorded(
     clip, imagenet = final_weights(tmp_path / "clip"), final_weights(tmp_path / "imagenet")
     assert not torch.equal(clip["model"]["visual_proj.weight"],
                            imagenet["model"]["visual_proj.weight"])
+
+
+def test_compile_auto_takes_cuda_graphs_on_a_gpu_and_eager_on_a_cpu():
+    """The shipped default compiles with CUDA graphs on a GPU and stays eager on a CPU."""
+    import yaml
+
+    shipped = yaml.safe_load((Path(__file__).parents[1] / "config.yaml").read_text())["train"]
+    cfg = TrainConfig(**shipped)
+    assert cfg.compile_mode_on(torch.device("cuda")) == "reduce-overhead"
+    assert cfg.compile_mode_on(torch.device("cpu")) is None
+    assert TrainConfig(compile=True).compile_mode_on(torch.device("cpu")) == "default"
+    assert TrainConfig(compile=True, compile_mode="max-autotune").compile_mode_on(
+        torch.device("cuda")) == "max-autotune"
+    assert TrainConfig(compile=False).compile_mode_on(torch.device("cuda")) is None

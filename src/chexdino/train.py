@@ -513,8 +513,16 @@ class Trainer:
             self.out_dir / "validation.csv", index=False)
         info = {"select_by": self.cfg.select_by, "best": str(self.ckpt_dir / "best.pt"),
                 "ranked": self._ranked(), "steps": self.step, "best_step": best_step,
-                "world_size": self.world.size, "environment": environment(self.device)}
+                "world_size": self.world.size, "training_path": self.training_path(),
+                "environment": environment(self.device)}
         (self.out_dir / "checkpoints.json").write_text(json.dumps(info, indent=2))
+
+    def training_path(self) -> dict[str, Any]:
+        """How the steps ran (compiled or eager, precision, processes) and their median speed."""
+        speeds = [r["img_per_s"] for r in self.log_rows[1:]]  # the first window compiles
+        return {"compile": self.compile_mode or "eager", "precision": self.cfg.precision,
+                "processes": self.world.size, "device": str(self.device),
+                "median_img_per_s": float(np.median(speeds)) if speeds else None}
 
     def finish(self) -> dict[str, Any]:
         """Copy the best weights to ``best.pt`` (the rule's output) and write the tables."""
