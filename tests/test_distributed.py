@@ -146,3 +146,37 @@ def test_cli_relaunches_under_torchrun(tiny_store, tmp_path, tiny_model_cfg):
     assert "training process 2 of 2" in result.stderr
     best = torch.load(tmp_path / "cli" / "best.pt", weights_only=True)
     assert best["step"] == 2
+
+
+def test_launch_command_picks_torchrun_on_one_node_and_srun_across_nodes():
+    from chexdino.distributed import TASK_MARK, launch_command, processes_per_node
+    from chexdino.errors import ChexdinoError
+
+    argv = ["train", "--cxr", "c.h5", "--nproc", "4", "--nodes", "2"]
+    assert launch_command(1, 1, argv, {}) is None
+    torchrun = launch_command(4, 1, argv, {})
+    assert torchrun[:3] == ["torchrun", "--standalone", "--nproc_per_node=4"]
+    assert "--nproc" not in torchrun and "--nodes" not in torchrun
+    with pytest.raises(ChexdinoError, match="2 nodes needs a SLURM job"):
+        launch_command(4, 2, argv, {})
+    srun = launch_command(4, 2, argv, {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1",
+                                       "SLURM_JOB_GPUS": "0,1,2,3"})
+    assert srun[0] == "srun" and "--nodes=2" in srun and "--ntasks=8" in srun
+    assert "--ntasks-per-node=4" in srun and "--gpus-per-task=1" in srun
+    assert srun[-3:] == ["train", "--cxr", "c.h5"]
+    # the processes srun (or torchrun) started train themselves
+    assert launch_command(4, 2, argv, {"SLURM_JOB_ID": "7", TASK_MARK: "1"}) is None
+    assert launch_command(4, 1, argv, {"WORLD_SIZE": "4"}) is None
+    assert launch_command(2, 1, argv, {"SLURM_NTASKS": "2", "SLURM_PROCID": "1"}) is None
+    # processes per node: a gres count is per node, --gpus counts the whole job
+    assert processes_per_node(0, "gpu:a100:4", 2) == 4
+    assert processes_per_node(8, "", 2) == 4
+    assert processes_per_node(0, "", 1) == 1  # train.device: cpu drops the GPU request
+
+
+def test_slurm_rendezvous_without_scontrol_takes_the_first_node(monkeypatch):
+    from chexdino.distributed import slurm_rendezvous
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    address, port = slurm_rendezvous({"SLURM_JOB_NODELIST": "gpu7,gpu9", "SLURM_JOB_ID": "123"})
+    assert (address, port) == ("gpu7", str(29500 + 123))

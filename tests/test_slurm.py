@@ -457,3 +457,34 @@ def test_head_job_script_runs_snakemake_as_a_job_on_the_cpu_partition(cluster, s
     assert job["JobState"] == "COMPLETED", log[-4000:]
     assert job["Name"] == "chexdino-head" and job["Partition"] == profile_partitions()[0]
     assert "This was a dry-run" in log and re.search(r"train\s+1", log)
+
+
+def test_two_srun_tasks_train_as_one_process_does(cluster, tmp_path, tiny_model_cfg):
+    """The multi-node path on the test cluster: ``srun -n 2`` starts two trainers (gloo on
+    CPU); ranks come from SLURM's variables and the rendezvous from the job's node list, and
+    the weights equal a one-process run at the same global batch."""
+    import json
+
+    import torch
+
+    from conftest import build_tiny_store
+    from test_train import make_trainer, train_cfg
+
+    store = build_tiny_store(tmp_path)
+    settings = train_cfg(steps=4, val_every=2, ckpt_every=2)
+    reference = make_trainer(store, tmp_path / "one", tiny_model_cfg, steps=4, val_every=2,
+                             ckpt_every=2)
+    reference.run()
+    cpu, _ = profile_partitions()
+    cmd = ["srun", f"--partition={cpu}", "--ntasks=2", "--cpus-per-task=1", "--time=10",
+           str(BINDIR / "chexdino"), "train", "--cxr", str(store[0]), "--tokens",
+           str(store[1]), "--out-dir", str(tmp_path / "srun"), "--model",
+           json.dumps(tiny_model_cfg), "--train", json.dumps(settings), "--evaluate", "{}"]
+    env = dict(cluster.env, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    env.pop("MASTER_ADDR", None)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    assert "training process 1 of 2" in done.stderr and "training process 2 of 2" in done.stderr
+    got = torch.load(tmp_path / "srun" / "checkpoints" / "step_0000004.pt", weights_only=True)
+    for name, value in reference.model.state_dict().items():
+        assert torch.allclose(got["model"][name], value, atol=1e-5), name

@@ -117,24 +117,16 @@ def cmd_tokens(a: argparse.Namespace) -> None:
     log.info("tokens: %s", counts)
 
 
-def relaunch_with_torchrun(nproc: int, argv: Sequence[str]) -> None:
-    """Replace this process by ``torchrun`` starting ``nproc`` copies of the same command."""
-    args = list(argv)
-    i = args.index("--nproc")
-    del args[i:i + 2]
-    os.execvp("torchrun", ["torchrun", "--standalone", f"--nproc_per_node={nproc}",
-                           "-m", "chexdino.cli", *args])
-
-
 @command("train")
 def cmd_train(a: argparse.Namespace) -> None:
+    from chexdino.distributed import launch_command
     from chexdino.train import train
 
-    # The SLURM plugin runs each job as one srun task: relaunch there too, unless srun
-    # itself started several tasks (then their SLURM rank variables are used).
-    if (a.nproc > 1 and "WORLD_SIZE" not in os.environ
-            and int(os.environ.get("SLURM_NTASKS", "1")) <= 1):
-        relaunch_with_torchrun(a.nproc, sys.argv[1:])
+    # Several processes: this one is replaced by their launcher (torchrun or srun).
+    launch = launch_command(a.nproc, a.nodes, sys.argv[1:], os.environ)
+    if launch:
+        log.info("starting %d x %d training processes: %s", a.nodes, a.nproc, launch[0])
+        os.execvp(launch[0], launch)
 
     result = train(Path(a.cxr), Path(a.tokens), Path(a.out_dir), _json(a.model), _json(a.train),
                    _json(a.evaluate))
@@ -337,7 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     for arg in ("cxr", "tokens", "out-dir", "model", "train", "evaluate"):
         s.add_argument(f"--{arg}", required=True)
     s.add_argument("--nproc", type=int, default=1,
-                   help="training processes (one per GPU); >1 relaunches under torchrun")
+                   help="training processes per node (one per GPU); >1 relaunches under "
+                        "torchrun (one node) or srun (several)")
+    s.add_argument("--nodes", type=int, default=1,
+                   help="nodes of the SLURM job to train on (srun, one task per GPU)")
 
     s = sub.add_parser("plot-training", help="training curves for the report")
     for arg in ("metrics", "validation", "out"):

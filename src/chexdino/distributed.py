@@ -6,13 +6,18 @@ all-gathered *with gradients*, so every rank computes the contrastive loss over 
 rank r's parameter gradient is then N × the part flowing through its own samples, and DDP's
 averaging makes it exactly the single-process gradient.
 
-Processes are started by ``torchrun`` (RANK / WORLD_SIZE / LOCAL_RANK) or by ``srun``
-(SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID, with MASTER_ADDR / MASTER_PORT set).
+Processes are started by ``torchrun`` on one node (RANK / WORLD_SIZE / LOCAL_RANK) or by
+``srun`` with one task per GPU on one node or several (SLURM_PROCID / SLURM_NTASKS /
+SLURM_LOCALID; the rendezvous address is the job's first node, as SLURM names it).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -39,14 +44,80 @@ class World:
 
 
 def world_from_env(env: dict[str, str] | None = None) -> World:
-    """The launcher's rank variables: torchrun's first, then SLURM's (srun), else one process."""
+    """The launcher's rank variables: torchrun's first, then SLURM's (one ``srun`` task per
+    GPU, on one node or several), else one process."""
     env = dict(os.environ) if env is None else env
     if int(env.get("WORLD_SIZE", "1")) > 1:
         return World(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
-    if int(env.get("SLURM_NTASKS", "1")) > 1 and "MASTER_ADDR" in env:
+    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env and (
+            "MASTER_ADDR" in env or "SLURM_JOB_NODELIST" in env):
         return World(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]),
                      int(env.get("SLURM_LOCALID", 0)))
     return World()
+
+
+TASK_MARK = "CHEXDINO_TRAINING_TASK"
+"""Set in the environment of processes that ``launch_command``'s ``srun`` starts."""
+
+
+def processes_per_node(gpu: int, gres: str, nodes: int) -> int:
+    """Trainer processes per node: one per GPU the job asks for on each node (a ``gres``
+    count is per node; ``gpu``, sbatch's ``--gpus``, counts the whole job)."""
+    from chexdino.slurm_check import gpu_count
+
+    per_node = gpu_count(gres) if gres else int(gpu) // max(1, int(nodes))
+    return max(1, per_node)
+
+
+def launch_command(nproc: int, nodes: int, argv: Sequence[str], env: Mapping[str, str]
+                   ) -> list[str] | None:
+    """The command that starts ``nodes`` x ``nproc`` training processes running ``argv``, or
+    None when this process is to train itself (one process, or already one of several).
+
+    One node: ``torchrun --standalone``. Several nodes (a SLURM job with ``nodes`` > 1):
+    ``srun`` with one task per GPU, inside the job's allocation; ranks then come from
+    SLURM's variables and the rendezvous from the node list (``slurm_rendezvous``).
+    """
+    if nproc * nodes <= 1 or "WORLD_SIZE" in env or env.get(TASK_MARK):
+        return None
+    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
+        return None  # srun already started one task per GPU
+    args = list(argv)
+    for flag in ("--nproc", "--nodes"):
+        if flag in args:
+            i = args.index(flag)
+            del args[i:i + 2]
+    if nodes == 1:
+        return ["torchrun", "--standalone", f"--nproc_per_node={nproc}", "-m", "chexdino.cli",
+                *args]
+    if "SLURM_JOB_ID" not in env:
+        from chexdino.errors import ChexdinoError
+
+        raise ChexdinoError(f"training on {nodes} nodes needs a SLURM job (srun starts one "
+                            "process per GPU on each node); without SLURM use one node")
+    gpus = ["--gpus-per-task=1"] if env.get("SLURM_JOB_GPUS") or env.get(
+        "SLURM_GPUS_ON_NODE") else []
+    return ["srun", "--overlap", f"--nodes={nodes}", f"--ntasks={nodes * nproc}",
+            f"--ntasks-per-node={nproc}", *gpus, "--kill-on-bad-exit=1",
+            f"--export=ALL,{TASK_MARK}=1", sys.executable, "-m", "chexdino.cli", *args]
+
+
+def slurm_rendezvous(env: dict[str, str]) -> tuple[str, str]:
+    """MASTER_ADDR and MASTER_PORT for ``srun`` tasks: the address SLURM itself uses for the
+    first node of the job (its NodeAddr) and a port derived from the job id, so every task
+    of the job computes the same pair with no exchange."""
+    first = env["SLURM_JOB_NODELIST"]
+    try:
+        names = subprocess.run(["scontrol", "show", "hostnames", first], capture_output=True,
+                               text=True, check=True, timeout=30).stdout.split()
+        first = names[0]
+        node = subprocess.run(["scontrol", "-o", "show", "node", first], capture_output=True,
+                              text=True, check=True, timeout=30).stdout
+        found = re.search(r"\bNodeAddr=(\S+)", node)
+        address = found.group(1) if found else first
+    except (OSError, subprocess.SubprocessError, IndexError):
+        address = re.split(r"[\[,]", first, maxsplit=1)[0]  # plain "node7" lists
+    return address, str(29500 + int(env.get("SLURM_JOB_ID", "0")) % 20000)
 
 
 def init_world(device: torch.device) -> tuple[World, torch.device]:
@@ -54,8 +125,11 @@ def init_world(device: torch.device) -> tuple[World, torch.device]:
     world = world_from_env()
     if not world.distributed:
         return world, device
-    if device.type == "cuda":
-        device = torch.device("cuda", world.local_rank)
+    if "MASTER_ADDR" not in os.environ and "SLURM_JOB_NODELIST" in os.environ:
+        address, port = slurm_rendezvous(dict(os.environ))
+        os.environ.update(MASTER_ADDR=address, MASTER_PORT=os.environ.get("MASTER_PORT", port))
+    if device.type == "cuda":  # srun --gpus-per-task=1 leaves each task one visible GPU
+        device = torch.device("cuda", world.local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",

@@ -9,6 +9,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
 from chexdino.config import validate_config
+from chexdino.distributed import processes_per_node
 from chexdino.job_env import put_planning_environment_first
 from chexdino.provenance import module_closure
 from chexdino.slurm_check import RequestError, check_workflow_requests

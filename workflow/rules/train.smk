@@ -25,8 +25,12 @@ rule train:
     threads: 8
     resources:
         gpu=1,
+        nodes=1,
     params:
         out_dir=lambda wildcards, output: os.path.dirname(output.model),
+        nproc=lambda wildcards, resources: processes_per_node(
+            resources.gpu, resources.get("gres", ""), resources.nodes
+        ),
         model=as_json(config["model"]),
         train=as_json(config["train"]),
         prompts=as_json(validation_prompts()),
@@ -34,7 +38,7 @@ rule train:
         # exec: the trainer itself receives SLURM's USR1 (not a shell that would die of it).
         "exec chexdino train --cxr {input.cxr} --tokens {input.tokens} --out-dir {params.out_dir}"
         " --model {params.model} --train {params.train} --evaluate {params.prompts}"
-        " --nproc {resources.gpu}"
+        " --nproc {params.nproc} --nodes {resources.nodes}"
         " > {log} 2>&1"
 
 
