@@ -43,15 +43,37 @@ def rule_arguments(work: Path, store: Path, nproc: int) -> list[str]:
             "--evaluate", json.dumps(prompts), "--nproc", str(nproc)]
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (read from /proc: no procps needed)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, ppid in parents.items() if ppid == parent]
+        found += children
+        frontier += children
+    return found
+
+
 def signal_trainers(launcher: subprocess.Popen, nproc: int) -> None:
-    """USR1 to the training processes (torchrun's children when it launched them)."""
+    """USR1 to the training processes, as SLURM sends it to the job step's tasks (under
+    torchrun: the processes below it that run chexdino, not the launcher itself)."""
     if nproc == 1:
         launcher.send_signal(signal.SIGUSR1)
         return
-    children = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True,
-                              text=True).stdout.split()
-    for pid in children:
-        os.kill(int(pid), signal.SIGUSR1)
+    for pid in descendants(launcher.pid):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"chexdino.cli" in cmdline:
+            os.kill(pid, signal.SIGUSR1)
 
 
 def main() -> None:

@@ -321,8 +321,9 @@ class Trainer:
                            if self.device.type == "cuda" else 0.0),
         }
         self.log_rows.append(row)
-        log.info("step %(step)d loss %(loss).4f lr %(lr).2e T %(temperature).4f "
-                 "%(img_per_s).0f img/s", row)
+        if self.world.is_main:
+            log.info("step %(step)d loss %(loss).4f lr %(lr).2e T %(temperature).4f "
+                     "%(img_per_s).0f img/s", row)
 
     @torch.no_grad()
     def validate(self) -> dict[str, Any]:
