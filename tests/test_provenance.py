@@ -140,3 +140,17 @@ def test_landing_page_says_where_the_jobs_ran():
         "Executor: local (no SLURM), on laptop.")
     # Results from before executors were recorded.
     assert where_jobs_ran({"train": {"hardware": "CPU"}}) == "Executor: not recorded."
+
+
+def test_landing_summary_states_the_training_path_and_its_speed():
+    dataset = {"input_records": 10, "kept": 10, "rejected": 0}
+    training = {"steps": 25000, "best_step": 7500, "select_by": "val_auroc",
+                "training_path": {"compile": "reduce-overhead", "precision": "bf16",
+                                  "processes": 2, "median_img_per_s": 3078.4},
+                "environment": {"hardware": "2 x NVIDIA H200"}}
+    text = landing_summary(dataset, training, {})
+    assert ("on 2 x NVIDIA H200, torch.compile reduce-overhead, bf16, 2 processes, "
+            "3,078 img/s (median).") in text
+    training["training_path"] = {"compile": "eager", "precision": "fp32", "processes": 1,
+                                 "median_img_per_s": None}
+    assert "on 2 x NVIDIA H200, eager, fp32, 1 process." in landing_summary(dataset, training, {})
