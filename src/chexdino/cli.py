@@ -53,7 +53,7 @@ def cmd_demo_data(a: argparse.Namespace) -> None:
 
 @command("select-mimic")
 def cmd_select_mimic(a: argparse.Namespace) -> None:
-    from chexdino.select import select_mimic, write_manifest
+    from chexdino.selection import select_mimic, write_manifest
 
     sel = _json(a.select)
     manifest, rejects = select_mimic(
@@ -66,7 +66,7 @@ def cmd_select_mimic(a: argparse.Namespace) -> None:
 
 @command("select-chexpert")
 def cmd_select_chexpert(a: argparse.Namespace) -> None:
-    from chexdino.select import select_chexpert_test, write_manifest
+    from chexdino.selection import select_chexpert_test, write_manifest
 
     manifest, rejects = select_chexpert_test(Path(a.groundtruth), Path(a.image_root))
     write_manifest(manifest, rejects, Path(a.manifest), Path(a.rejects))
@@ -76,7 +76,7 @@ def cmd_select_chexpert(a: argparse.Namespace) -> None:
 @command("images")
 def cmd_images(a: argparse.Namespace) -> None:
     from chexdino.images import process_shard
-    from chexdino.select import read_manifest
+    from chexdino.selection import read_manifest
 
     manifest = read_manifest(Path(a.manifest))
     k, n = a.shard
@@ -98,8 +98,8 @@ def cmd_gather(a: argparse.Namespace) -> None:
 
 @command("impressions")
 def cmd_impressions(a: argparse.Namespace) -> None:
-    from chexdino.reports import extract_impressions, impression_summary
-    from chexdino.select import mimic_studies
+    from chexdino.impressions import extract_impressions, impression_summary
+    from chexdino.selection import mimic_studies
 
     studies = mimic_studies(Path(a.split), Path(a.report_root))
     impressions, rejects = extract_impressions(studies)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -14,26 +13,13 @@ import pandas as pd
 import torch
 
 from chexdino import COMPETITION_LABELS, LABELS, h5store, zeroshot
+from chexdino.device import autocast, pick_device
 from chexdino.model import ChexDino, build_model
 from chexdino.provenance import environment
 from chexdino.tokens import tokenize
 from chexdino.transforms import eval_transform
 
 log = logging.getLogger(__name__)
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` means the GPU when there is one; the CPU otherwise."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast on the GPU when asked; a no-op context otherwise."""
-    if precision == "bf16" and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 @torch.no_grad()

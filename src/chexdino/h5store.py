@@ -11,13 +11,13 @@ Layout (every dataset has N rows):
   ``label_names`` gives the column order (``chexdino.LABELS``).
 - file attributes ``size`` and ``chexdino_version``.
 
-Every file is written beside its final name and renamed into place (:func:`atomic_output`),
-so a killed job never leaves a partial file that looks complete.
+Every file is written beside its final name and renamed into place
+(:func:`chexdino.atomic.atomic_output`), so a killed job never leaves a partial file that
+looks complete.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +28,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from chexdino import LABELS, __version__
+from chexdino.atomic import atomic_output
 
 CXR = "cxr"
 ID_COLUMNS: tuple[str, ...] = ("dicom_id", "study_id", "subject_id", "split", "view")
@@ -44,28 +45,6 @@ REJECT_COLUMNS: tuple[str, ...] = (
     "reason",
 )
 _COPY_BLOCK_ROWS = 1024  # 100 MB of 320x320 images per read while gathering
-
-
-@contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds.
-
-    The temporary name is fixed (``.<name>.tmp``), so the leftover of a writer killed with
-    SIGKILL, which no handler can delete, is overwritten by the rerun instead of piling up
-    (a killed gather of MIMIC-CXR leaves ~115 GB). One writer per output is assumed, as
-    Snakemake's lock guarantees. On any error the temporary file is deleted and an older
-    ``path`` (if any) is left untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_store(path: Path, images: np.ndarray, meta: pd.DataFrame, size: int) -> None:

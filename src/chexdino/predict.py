@@ -24,11 +24,11 @@ import yaml
 from tqdm import tqdm
 
 from chexdino import LABELS, zeroshot
+from chexdino.device import pick_device
 from chexdino.errors import ChexdinoError, ImageReadError
 from chexdino.evaluate import (
     embed_images,
     load_checkpoint_model,
-    pick_device,
     prompt_settings,
     text_encoder,
 )

@@ -22,7 +22,8 @@ import pandas as pd
 import torch
 
 from chexdino import h5store, zeroshot
-from chexdino.evaluate import autocast, embed_images, load_checkpoint_model, pick_device
+from chexdino.device import autocast, pick_device
+from chexdino.evaluate import embed_images, load_checkpoint_model
 from chexdino.provenance import environment
 from chexdino.tokens import read_tokens
 
