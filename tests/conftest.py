@@ -42,7 +42,7 @@ def tiny_model_cfg() -> dict:
 @pytest.fixture(scope="session")
 def small_demo(tmp_path_factory):
     """A small synthetic MIMIC-CXR (40 studies, 16 CheXpert-test studies), written once."""
-    from chexdino.demo_data import make_demo_dataset
+    from chexdino.demo import make_demo_dataset
 
     root = tmp_path_factory.mktemp("demo-data")
     summary = make_demo_dataset(root, n_studies=40, n_chexpert=16, seed=1,

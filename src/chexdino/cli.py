@@ -44,7 +44,7 @@ def shard_rows(n_rows: int, k: int, n: int) -> slice:
 
 @command("demo-data")
 def cmd_demo_data(a: argparse.Namespace) -> None:
-    from chexdino.demo_data import make_demo_dataset
+    from chexdino.demo import make_demo_dataset
 
     summary = make_demo_dataset(Path(a.outdir), n_studies=a.studies, n_chexpert=a.chexpert,
                                 seed=a.seed)
