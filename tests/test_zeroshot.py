@@ -14,19 +14,20 @@ import torch
 from matplotlib.image import imread
 from sklearn.metrics import roc_auc_score
 
-from chexdino import COMPETITION_LABELS, LABELS, plots, zeroshot
-from chexdino.zeroshot import (
-    DEFAULT_PROMPT_OVERRIDES,
+from chexdino import COMPETITION_LABELS, LABELS, metrics, plots
+from chexdino.metrics import (
     auroc_table,
     bootstrap_indices,
-    class_embeddings,
-    ensemble_probabilities,
     eval_targets,
-    format_table,
     headline,
     mann_whitney_auroc,
+)
+from chexdino.scorecard import format_table, write_scorecard
+from chexdino.zeroshot import (
+    DEFAULT_PROMPT_OVERRIDES,
+    class_embeddings,
+    ensemble_probabilities,
     prompt_pairs,
-    write_scorecard,
     zero_shot_probabilities,
 )
 
@@ -108,7 +109,7 @@ def test_bootstrap_indices_do_not_depend_on_block_size(monkeypatch: pytest.Monke
     names = list("wxyz")
     ref_idx = bootstrap_indices(200, 60, seed=5)
     ref = auroc_table(probs, targets, names, n_bootstrap=60, seed=5)
-    monkeypatch.setattr(zeroshot, "_CHUNK_ELEMENTS", 200 * 7)  # blocks of 7 resamples
+    monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 200 * 7)  # blocks of 7 resamples
     assert np.array_equal(bootstrap_indices(200, 60, seed=5), ref_idx)
     small = auroc_table(probs, targets, names, n_bootstrap=60, seed=5)
     pd.testing.assert_frame_equal(small, ref)

@@ -203,7 +203,7 @@ def cmd_run_summary(a: argparse.Namespace) -> None:
 def cmd_scorecard(a: argparse.Namespace) -> None:
     import pandas as pd
 
-    from chexdino.zeroshot import format_table
+    from chexdino.scorecard import format_table
 
     summaries = sorted(Path(a.results).glob("eval/*/summary.json"))
     if not summaries:

@@ -263,7 +263,7 @@ def landing_summary(dataset: dict[str, Any], training: dict[str, Any],
 
 
 def _headline(summary_json: Path) -> dict[str, Any]:
-    """The headline block of an evaluation's ``summary.json`` (see ``zeroshot.write_scorecard``)."""
+    """The headline block of an evaluation's ``summary.json`` (``scorecard.write_scorecard``)."""
     doc = json.loads(summary_json.read_text())
     return doc.get("headline", doc)
 
