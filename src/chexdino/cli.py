@@ -179,7 +179,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
 @command("summarize")
 def cmd_summarize(a: argparse.Namespace) -> None:
-    from chexdino.summary import plot_dataset, summarize_dataset, write_summary
+    from chexdino.dataset_summary import plot_dataset, summarize_dataset, write_summary
 
     summary, rejects = summarize_dataset(
         Path(a.manifest), Path(a.select_rejects), Path(a.cxr), Path(a.image_rejects),

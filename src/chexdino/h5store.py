@@ -29,21 +29,13 @@ from tqdm import tqdm
 
 from chexdino import LABELS, __version__
 from chexdino.atomic import atomic_output
+from chexdino.tables import ID_COLUMNS, IMAGE_REJECT_COLUMNS
 
 CXR = "cxr"
-ID_COLUMNS: tuple[str, ...] = ("dicom_id", "study_id", "subject_id", "split", "view")
 KEY_COLUMNS: tuple[str, ...] = ("dicom_id", "study_id", "subject_id")
 SHAPE_COLUMNS: tuple[str, ...] = ("source_rows", "source_cols")
 META_COLUMNS: tuple[str, ...] = ID_COLUMNS + SHAPE_COLUMNS + LABELS
 """Columns of the ``meta`` table that :func:`write_store` takes and :func:`read_meta` returns."""
-REJECT_COLUMNS: tuple[str, ...] = (
-    "dicom_id",
-    "study_id",
-    "subject_id",
-    "split",
-    "image_path",
-    "reason",
-)
 _COPY_BLOCK_ROWS = 1024  # 100 MB of 320x320 images per read while gathering
 
 
@@ -89,11 +81,12 @@ def gather_stores(shard_paths: Sequence[Path], out_path: Path) -> int:
 
 
 def write_rejects(rejects: pd.DataFrame, path: Path) -> None:
-    """Write a reject table (columns :data:`REJECT_COLUMNS`) atomically; header even if empty."""
-    missing = [c for c in REJECT_COLUMNS if c not in rejects.columns]
+    """Write an image reject table (:data:`~chexdino.tables.IMAGE_REJECT_COLUMNS`) atomically;
+    header even if empty."""
+    missing = [c for c in IMAGE_REJECT_COLUMNS if c not in rejects.columns]
     if missing:
         raise ValueError(f"reject table lacks columns {missing}")
-    table = rejects.loc[:, list(REJECT_COLUMNS)].copy()
+    table = rejects.loc[:, list(IMAGE_REJECT_COLUMNS)].copy()
     for name in KEY_COLUMNS:
         table[name] = [_id_text(v) for v in table[name]]
     with atomic_output(path) as tmp:
@@ -104,7 +97,7 @@ def gather_rejects(csv_paths: Sequence[Path], out_csv: Path) -> int:
     """Concatenate shard reject tables in order into ``out_csv``; return the row count."""
     tables = [pd.read_csv(p, dtype=str, keep_default_na=False) for p in csv_paths]
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-    table = table.reindex(columns=list(REJECT_COLUMNS))
+    table = table.reindex(columns=list(IMAGE_REJECT_COLUMNS))
     write_rejects(table, out_csv)
     return len(table)
 
