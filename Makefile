@@ -22,7 +22,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-$(DEMO_DATA)/.done: $(STAMP) src/chexdino/demo_data.py
+$(DEMO_DATA)/.done: $(STAMP) $(wildcard src/chexdino/demo/*.py)
 	rm -rf $(DEMO_DATA)
 	$(BIN)/chexdino demo-data $(DEMO_DATA)
 	touch $@

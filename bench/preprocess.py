@@ -33,7 +33,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from chexdino.demo_data import StudySigns, render_frontal
+from chexdino.demo import StudySigns, render_frontal
 from chexdino.dicom import read_dicom
 from chexdino.images import load_cxr, resize_and_pad
 

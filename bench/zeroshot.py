@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from chexdino import LABELS, h5store, zeroshot
+from chexdino import LABELS, h5store, metrics
 from chexdino.evaluate import embed_images, zero_shot_probs
 from chexdino.model import build_model
 from synthetic import make_store
@@ -73,7 +73,7 @@ def main() -> None:
     emb = embed_images(compiled, images, 224, images.device, 512)
     probs = zero_shot_probs(model, emb, list(LABELS), {}, images.device)
     targets = (np.random.default_rng(0).random(probs.shape) < 0.3).astype(float)
-    table = zeroshot.auroc_table(probs, targets, list(LABELS), 1000, 0)
+    table = metrics.auroc_table(probs, targets, list(LABELS), 1000, 0)
     stage_s = time.perf_counter() - t0
     info = {"card": torch.cuda.get_device_name(), "torch": torch.__version__,
             "images": args.images, "load_s": load_s, "img_per_s": rows,

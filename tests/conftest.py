@@ -42,7 +42,7 @@ def tiny_model_cfg() -> dict:
 @pytest.fixture(scope="session")
 def small_demo(tmp_path_factory):
     """A small synthetic MIMIC-CXR (40 studies, 16 CheXpert-test studies), written once."""
-    from chexdino.demo_data import make_demo_dataset
+    from chexdino.demo import make_demo_dataset
 
     root = tmp_path_factory.mktemp("demo-data")
     summary = make_demo_dataset(root, n_studies=40, n_chexpert=16, seed=1,
@@ -107,3 +107,15 @@ def build_tiny_store(tmp_path):
 @pytest.fixture
 def tiny_store(tmp_path):
     return build_tiny_store(tmp_path)
+
+
+def synthetic_scores(n: int = 300, n_labels: int = 6, seed: int = 1, ties: bool = True
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities correlated with targets; some NaN (excluded) targets; rounded for ties."""
+    rng = np.random.default_rng(seed)
+    targets = (rng.random((n, n_labels)) < 0.3).astype(float)
+    targets[rng.random((n, n_labels)) < 0.1] = np.nan
+    probs = 1 / (1 + np.exp(-(np.nan_to_num(targets) * 1.2 + rng.normal(size=(n, n_labels)))))
+    if ties:
+        probs = np.round(probs, 2)
+    return probs, targets

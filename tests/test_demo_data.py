@@ -15,15 +15,10 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
 
 from chexdino import COMPETITION_LABELS, LABELS
-from chexdino.demo_data import (
-    LEFT,
-    RIGHT,
-    StudySigns,
-    _draw_findings,
-    _write_report,
-    make_demo_dataset,
-    render_frontal,
-)
+from chexdino.demo import StudySigns, make_demo_dataset, render_frontal
+from chexdino.demo.findings import draw_findings
+from chexdino.demo.phantom import LEFT, RIGHT
+from chexdino.demo.prose import write_report
 
 SMALL = {"n_studies": 30, "n_chexpert": 10, "image_long_side": (200, 300)}
 UNCOMPRESSED = "1.2.840.10008.1.2.1"
@@ -294,9 +289,9 @@ def test_report_shapes_vary_and_name_the_labels():
     rng = np.random.default_rng(7)
     reports, findings = [], []
     for _ in range(600):
-        f = _draw_findings(rng)
+        f = draw_findings(rng)
         findings.append(f)
-        reports.append(_write_report(rng, f, "CHEST (PA AND LAT)"))
+        reports.append(write_report(rng, f, "CHEST (PA AND LAT)"))
     has = lambda token: sum(token in t for t in reports)  # noqa: E731
     assert has("FINDINGS AND IMPRESSION:") > 10
     assert has("CONCLUSION:") > 10 and has("ADDENDUM:") > 10 and has("___") > 0.8 * len(reports)

@@ -22,7 +22,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from chexdino.demo_data import StudySigns, render_frontal
+from chexdino.demo import StudySigns, render_frontal
 from chexdino.dicom import block_mean, read_dicom, read_dicom_reduced, reduction_factor
 from chexdino.errors import ImageReadError
 from chexdino.images import load_cxr, resize_and_pad

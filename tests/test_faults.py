@@ -129,7 +129,7 @@ def test_malicious_checkpoint_is_not_unpickled(tiny_store, tmp_path, tiny_model_
 
 def demo_manifest(small_demo, tmp_path, repeat: int = 80) -> Path:
     """The small demo's frontal manifest, repeated so that a shard runs for a few seconds."""
-    from chexdino.select import select_mimic, write_manifest
+    from chexdino.selection import select_mimic, write_manifest
 
     root, _ = small_demo
     m = root / "mimic"

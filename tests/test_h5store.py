@@ -11,8 +11,8 @@ import pytest
 
 import chexdino
 from chexdino import LABELS
+from chexdino.atomic import atomic_output
 from chexdino.h5store import (
-    atomic_output,
     gather_rejects,
     gather_stores,
     load_cxr_array,

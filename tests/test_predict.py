@@ -19,7 +19,7 @@ from chexdino.evaluate import evaluate_store
 from chexdino.images import process_shard
 from chexdino.model import build_model
 from chexdino.predict import PredictSettings, collect_files, default_config, merge_configs
-from chexdino.select import select_mimic
+from chexdino.selection import select_mimic
 
 EVAL = {"bootstrap": 0, "labels": ["Edema", "Pleural Effusion", "No Finding"],
         "positive_templates": ["{}", "signs of {}"], "negative_templates": ["no {}"]}

@@ -154,3 +154,21 @@ def test_landing_summary_states_the_training_path_and_its_speed():
     training["training_path"] = {"compile": "eager", "precision": "fp32", "processes": 1,
                                  "median_img_per_s": None}
     assert "on 2 x NVIDIA H200, eager, fp32, 1 process." in landing_summary(dataset, training, {})
+
+
+def test_module_closure_follows_subpackages_and_their_init(tmp_path, monkeypatch):
+    """A stage importing from a subpackage depends on that module and the package's __init__."""
+    from chexdino import provenance
+
+    package = tmp_path / "chexdino"
+    (package / "sub").mkdir(parents=True)
+    for name in ("__init__", "a", "b", "sub/__init__", "sub/x", "sub/y"):
+        (package / f"{name}.py").write_text("")
+    (package / "a.py").write_text("from chexdino.sub.x import f\nfrom chexdino.sub import y\n")
+    (package / "sub" / "x.py").write_text("from chexdino import b\n")
+    monkeypatch.setattr(provenance, "PACKAGE_DIR", package)
+    closure = [p.relative_to(package).as_posix() for p in provenance.module_closure("a")]
+    assert closure == ["a.py", "b.py", "sub/__init__.py", "sub/x.py", "sub/y.py"]
+    before = provenance.code_fingerprint(["a"])
+    (package / "sub" / "y.py").write_text("z = 1\n")
+    assert provenance.code_fingerprint(["a"]) != before

@@ -182,11 +182,11 @@ def test_context_length_reruns_tokens_and_downstream_only(snakemake_answers, pre
 
 
 def test_editing_a_stage_module_reruns_that_stage_and_downstream_only(preprocessed):
-    """Rules declare the chexdino modules they run as inputs: an edit of reports.py reruns
+    """Rules declare the chexdino modules they run as inputs: an edit of impressions.py reruns
     the impressions, then tokens and the models, but no image stage. Snakemake compares the
     content of small inputs, so only a real edit counts (a newer mtime alone does not)."""
     _, configs = preprocessed
-    module = REPO / "src" / "chexdino" / "reports.py"
+    module = REPO / "src" / "chexdino" / "impressions.py"
     source, stat = module.read_bytes(), module.stat()
     try:
         os.utime(module, (stat.st_atime, time.time()))
@@ -198,7 +198,7 @@ def test_editing_a_stage_module_reruns_that_stage_and_downstream_only(preprocess
         os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert "impressions" not in touched
     assert edited["impressions"][0].startswith("Updated input files") and \
-        "reports.py" in edited["impressions"][0]
+        "impressions.py" in edited["impressions"][0]
     assert UPDATED_INPUT in edited["tokens"][0] and "impressions.csv" in edited["tokens"][0]
     assert "dataset_summary" in edited and "train" in edited
     for upstream in ("select_mimic", "select_chexpert_test", "image_shard", "gather_images"):

@@ -44,7 +44,7 @@ def shard_rows(n_rows: int, k: int, n: int) -> slice:
 
 @command("demo-data")
 def cmd_demo_data(a: argparse.Namespace) -> None:
-    from chexdino.demo_data import make_demo_dataset
+    from chexdino.demo import make_demo_dataset
 
     summary = make_demo_dataset(Path(a.outdir), n_studies=a.studies, n_chexpert=a.chexpert,
                                 seed=a.seed)
@@ -53,7 +53,7 @@ def cmd_demo_data(a: argparse.Namespace) -> None:
 
 @command("select-mimic")
 def cmd_select_mimic(a: argparse.Namespace) -> None:
-    from chexdino.select import select_mimic, write_manifest
+    from chexdino.selection import select_mimic, write_manifest
 
     sel = _json(a.select)
     manifest, rejects = select_mimic(
@@ -66,7 +66,7 @@ def cmd_select_mimic(a: argparse.Namespace) -> None:
 
 @command("select-chexpert")
 def cmd_select_chexpert(a: argparse.Namespace) -> None:
-    from chexdino.select import select_chexpert_test, write_manifest
+    from chexdino.selection import select_chexpert_test, write_manifest
 
     manifest, rejects = select_chexpert_test(Path(a.groundtruth), Path(a.image_root))
     write_manifest(manifest, rejects, Path(a.manifest), Path(a.rejects))
@@ -76,7 +76,7 @@ def cmd_select_chexpert(a: argparse.Namespace) -> None:
 @command("images")
 def cmd_images(a: argparse.Namespace) -> None:
     from chexdino.images import process_shard
-    from chexdino.select import read_manifest
+    from chexdino.selection import read_manifest
 
     manifest = read_manifest(Path(a.manifest))
     k, n = a.shard
@@ -98,8 +98,8 @@ def cmd_gather(a: argparse.Namespace) -> None:
 
 @command("impressions")
 def cmd_impressions(a: argparse.Namespace) -> None:
-    from chexdino.reports import extract_impressions, impression_summary
-    from chexdino.select import mimic_studies
+    from chexdino.impressions import extract_impressions, impression_summary
+    from chexdino.selection import mimic_studies
 
     studies = mimic_studies(Path(a.split), Path(a.report_root))
     impressions, rejects = extract_impressions(studies)
@@ -171,7 +171,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
 @command("summarize")
 def cmd_summarize(a: argparse.Namespace) -> None:
-    from chexdino.summary import plot_dataset, summarize_dataset, write_summary
+    from chexdino.dataset_summary import plot_dataset, summarize_dataset, write_summary
 
     summary, rejects = summarize_dataset(
         Path(a.manifest), Path(a.select_rejects), Path(a.cxr), Path(a.image_rejects),
@@ -195,7 +195,7 @@ def cmd_run_summary(a: argparse.Namespace) -> None:
 def cmd_scorecard(a: argparse.Namespace) -> None:
     import pandas as pd
 
-    from chexdino.zeroshot import format_table
+    from chexdino.scorecard import format_table
 
     summaries = sorted(Path(a.results).glob("eval/*/summary.json"))
     if not summaries:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -13,27 +12,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from chexdino import COMPETITION_LABELS, LABELS, h5store, zeroshot
+from chexdino import COMPETITION_LABELS, LABELS, h5store, metrics, scorecard, zeroshot
+from chexdino.device import autocast, pick_device
 from chexdino.model import ChexDino, build_model
 from chexdino.provenance import environment
 from chexdino.tokens import tokenize
 from chexdino.transforms import eval_transform
 
 log = logging.getLogger(__name__)
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` means the GPU when there is one; the CPU otherwise."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast on the GPU when asked; a no-op context otherwise."""
-    if precision == "bf16" and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 @torch.no_grad()
@@ -155,15 +141,15 @@ def evaluate_store(
         log.info("scored %d images with %s (%s normalisation)", len(rows), path, normalize)
     prob = zeroshot.ensemble_probabilities(probs)
     raw = meta.loc[rows, labels].to_numpy(dtype=float)
-    targets = zeroshot.eval_targets(raw, eval_cfg.get("uncertain", "exclude"))
-    table = zeroshot.auroc_table(prob, targets, labels, eval_cfg.get("bootstrap", 1000),
+    targets = metrics.eval_targets(raw, eval_cfg.get("uncertain", "exclude"))
+    table = metrics.auroc_table(prob, targets, labels, eval_cfg.get("bootstrap", 1000),
                                  eval_cfg.get("seed", 0))
-    summary = zeroshot.headline(table, [c for c in COMPETITION_LABELS if c in labels])
+    summary = metrics.headline(table, [c for c in COMPETITION_LABELS if c in labels])
     summary.update({"n_images": len(rows), "checkpoints": [str(p) for p in checkpoints],
                     "environment": environment(device)})
     ids = meta.loc[rows, ["dicom_id", "study_id", "subject_id"]].reset_index(drop=True)
-    zeroshot.write_scorecard(Path(out_dir), ids, prob, targets, labels, table, summary)
-    print(zeroshot.format_table(table, summary))
+    scorecard.write_scorecard(Path(out_dir), ids, prob, targets, labels, table, summary)
+    print(scorecard.format_table(table, summary))
     return summary
 
 
@@ -176,7 +162,7 @@ def validation_auroc(
 
     labels = list(COMPETITION_LABELS)
     prob = zero_shot_probs(model, image_emb, labels, eval_cfg, device, precision)
-    targets = zeroshot.eval_targets(raw_labels[labels].to_numpy(float),
+    targets = metrics.eval_targets(raw_labels[labels].to_numpy(float),
                                     eval_cfg.get("uncertain", "exclude"))
     scores = []
     for j in range(len(labels)):

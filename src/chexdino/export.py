@@ -123,7 +123,7 @@ def export_model(
     """
     from safetensors.torch import save_file
 
-    from chexdino.h5store import atomic_output
+    from chexdino.atomic import atomic_output
 
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     cfg = ModelConfig.from_dict(ckpt["model_config"])

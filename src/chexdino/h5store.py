@@ -11,13 +11,13 @@ Layout (every dataset has N rows):
   ``label_names`` gives the column order (``chexdino.LABELS``).
 - file attributes ``size`` and ``chexdino_version``.
 
-Every file is written beside its final name and renamed into place (:func:`atomic_output`),
-so a killed job never leaves a partial file that looks complete.
+Every file is written beside its final name and renamed into place
+(:func:`chexdino.atomic.atomic_output`), so a killed job never leaves a partial file that
+looks complete.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,44 +28,15 @@ import pandas as pd
 from tqdm import tqdm
 
 from chexdino import LABELS, __version__
+from chexdino.atomic import atomic_output
+from chexdino.tables import ID_COLUMNS, IMAGE_REJECT_COLUMNS
 
 CXR = "cxr"
-ID_COLUMNS: tuple[str, ...] = ("dicom_id", "study_id", "subject_id", "split", "view")
 KEY_COLUMNS: tuple[str, ...] = ("dicom_id", "study_id", "subject_id")
 SHAPE_COLUMNS: tuple[str, ...] = ("source_rows", "source_cols")
 META_COLUMNS: tuple[str, ...] = ID_COLUMNS + SHAPE_COLUMNS + LABELS
 """Columns of the ``meta`` table that :func:`write_store` takes and :func:`read_meta` returns."""
-REJECT_COLUMNS: tuple[str, ...] = (
-    "dicom_id",
-    "study_id",
-    "subject_id",
-    "split",
-    "image_path",
-    "reason",
-)
 _COPY_BLOCK_ROWS = 1024  # 100 MB of 320x320 images per read while gathering
-
-
-@contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds.
-
-    The temporary name is fixed (``.<name>.tmp``), so the leftover of a writer killed with
-    SIGKILL, which no handler can delete, is overwritten by the rerun instead of piling up
-    (a killed gather of MIMIC-CXR leaves ~115 GB). One writer per output is assumed, as
-    Snakemake's lock guarantees. On any error the temporary file is deleted and an older
-    ``path`` (if any) is left untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_store(path: Path, images: np.ndarray, meta: pd.DataFrame, size: int) -> None:
@@ -110,11 +81,12 @@ def gather_stores(shard_paths: Sequence[Path], out_path: Path) -> int:
 
 
 def write_rejects(rejects: pd.DataFrame, path: Path) -> None:
-    """Write a reject table (columns :data:`REJECT_COLUMNS`) atomically; header even if empty."""
-    missing = [c for c in REJECT_COLUMNS if c not in rejects.columns]
+    """Write an image reject table (:data:`~chexdino.tables.IMAGE_REJECT_COLUMNS`) atomically;
+    header even if empty."""
+    missing = [c for c in IMAGE_REJECT_COLUMNS if c not in rejects.columns]
     if missing:
         raise ValueError(f"reject table lacks columns {missing}")
-    table = rejects.loc[:, list(REJECT_COLUMNS)].copy()
+    table = rejects.loc[:, list(IMAGE_REJECT_COLUMNS)].copy()
     for name in KEY_COLUMNS:
         table[name] = [_id_text(v) for v in table[name]]
     with atomic_output(path) as tmp:
@@ -125,7 +97,7 @@ def gather_rejects(csv_paths: Sequence[Path], out_csv: Path) -> int:
     """Concatenate shard reject tables in order into ``out_csv``; return the row count."""
     tables = [pd.read_csv(p, dtype=str, keep_default_na=False) for p in csv_paths]
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-    table = table.reindex(columns=list(REJECT_COLUMNS))
+    table = table.reindex(columns=list(IMAGE_REJECT_COLUMNS))
     write_rejects(table, out_csv)
     return len(table)
 

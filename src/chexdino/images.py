@@ -28,11 +28,11 @@ from tqdm import tqdm
 from chexdino import LABELS
 from chexdino.dicom import MAX_FRAME_PIXELS, ReducedFilm, read_dicom, read_dicom_reduced
 from chexdino.errors import ImageReadError
-from chexdino.h5store import ID_COLUMNS, REJECT_COLUMNS, write_rejects, write_store
+from chexdino.h5store import write_rejects, write_store
+from chexdino.tables import ID_COLUMNS, IMAGE_REJECT_COLUMNS, MANIFEST_COLUMNS
 
 DICOM_SUFFIXES = (".dcm",)
 PILLOW_SUFFIXES = (".jpg", ".jpeg", ".png")
-MANIFEST_COLUMNS: tuple[str, ...] = (*ID_COLUMNS, "image_path", *LABELS)
 PoolKind = Literal["process", "thread"]
 POOL: PoolKind = "process"
 """Pool used when ``threads > 1``; process_shard's docstring gives the timing behind it."""
@@ -151,7 +151,7 @@ def process_shard(
         else:
             reasons.append(reason)
     meta = _kept_meta(manifest[kept], source_shapes[:n_kept])
-    rejects = manifest.loc[~kept, list(REJECT_COLUMNS[:-1])].assign(reason=reasons)
+    rejects = manifest.loc[~kept, list(IMAGE_REJECT_COLUMNS[:-1])].assign(reason=reasons)
     write_store(Path(out_h5), images[:n_kept], meta, size)
     write_rejects(rejects, Path(rejects_csv))
     return {"input": n, "kept": n_kept, "rejected": n - n_kept}
@@ -277,7 +277,8 @@ def _progress(results: Iterable[Decoded], total: int, label: str) -> Iterable[De
 
 
 def _check_manifest(manifest: pd.DataFrame) -> None:
-    missing = [c for c in MANIFEST_COLUMNS if c not in manifest.columns]
+    needed = [c for c in MANIFEST_COLUMNS if c != "report_path"]  # reports are not read here
+    missing = [c for c in needed if c not in manifest.columns]
     if missing:
         raise ValueError(f"image manifest lacks columns {missing}")
 

@@ -24,21 +24,19 @@ import yaml
 from tqdm import tqdm
 
 from chexdino import LABELS, zeroshot
+from chexdino.device import pick_device
 from chexdino.errors import ChexdinoError, ImageReadError
 from chexdino.evaluate import (
     embed_images,
     load_checkpoint_model,
-    pick_device,
     prompt_settings,
     text_encoder,
 )
 from chexdino.export import load_model_folder
 from chexdino.images import load_cxr
+from chexdino.tables import PREDICTION_REJECT_COLUMNS
 
 log = logging.getLogger(__name__)
-
-REJECT_COLUMNS: tuple[str, ...] = ("file", "reason")
-"""Columns of the predictions' rejects table."""
 
 
 @dataclass
@@ -199,7 +197,7 @@ def predict_files(
     for path in (out_csv, rejects_csv):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out_csv, index=False)
-    pd.DataFrame(rejects, columns=list(REJECT_COLUMNS)).to_csv(rejects_csv, index=False)
+    pd.DataFrame(rejects, columns=list(PREDICTION_REJECT_COLUMNS)).to_csv(rejects_csv, index=False)
     counts = {"input": len(frame) + len(rejects), "predicted": len(frame),
               "rejected": len(rejects)}
     log.info("predicted %(predicted)d films, rejected %(rejected)d", counts)

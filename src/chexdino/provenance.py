@@ -57,35 +57,46 @@ def module_closure(*modules: str) -> list[Path]:
 
 
 def _module_file(name: str) -> Path:
-    return PACKAGE_DIR / f"{name}.py"
+    """``a`` -> ``a.py``; ``pkg.b`` -> ``pkg/b.py``; a subpackage ``pkg`` -> ``pkg/__init__.py``."""
+    base = PACKAGE_DIR.joinpath(*name.split("."))
+    return base / "__init__.py" if base.is_dir() else base.with_name(f"{base.name}.py")
 
 
 def _imported_modules(path: Path) -> set[str]:
-    """chexdino modules imported anywhere in ``path`` (``__init__`` for package attributes)."""
+    """chexdino modules imported anywhere in ``path`` (``__init__`` for package attributes).
+
+    A module of a subpackage brings the subpackage's ``__init__`` with it, as Python runs it.
+    """
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module]
-            if node.module == "chexdino":
-                names = [f"chexdino.{alias.name}" for alias in node.names]
+            names = [f"{node.module}.{alias.name}" for alias in node.names]
         else:
             continue
         for name in names:
             parts = name.split(".")
             if parts[0] != "chexdino":
                 continue
-            sub = parts[1] if len(parts) > 1 else "__init__"
-            found.add(sub if _module_file(sub).is_file() else "__init__")
+            found |= _module_and_packages(parts[1:])
     return found
+
+
+def _module_and_packages(parts: list[str]) -> set[str]:
+    """The longest prefix of ``parts`` that is a chexdino module, plus its subpackages."""
+    for end in range(len(parts), 0, -1):
+        if _module_file(".".join(parts[:end])).is_file():
+            return {".".join(parts[:i]) for i in range(1, end + 1)}
+    return {"__init__"}
 
 
 def code_fingerprint(modules: Sequence[str]) -> str:
     """SHA-256 over the source of ``module_closure(*modules)``: equal iff the code is equal."""
     digest = hashlib.sha256()
     for path in module_closure(*modules):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+        name = path.relative_to(PACKAGE_DIR).as_posix()  # ``a.py`` for a top-level module
+        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
 
@@ -265,7 +276,7 @@ def _training_path(training: dict[str, Any]) -> str:
 
 
 def _headline(summary_json: Path) -> dict[str, Any]:
-    """The headline block of an evaluation's ``summary.json`` (see ``zeroshot.write_scorecard``)."""
+    """The headline block of an evaluation's ``summary.json`` (``scorecard.write_scorecard``)."""
     doc = json.loads(summary_json.read_text())
     return doc.get("headline", doc)
 

@@ -21,8 +21,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from chexdino import h5store, zeroshot
-from chexdino.evaluate import autocast, embed_images, load_checkpoint_model, pick_device
+from chexdino import h5store, metrics
+from chexdino.device import autocast, pick_device
+from chexdino.evaluate import embed_images, load_checkpoint_model
 from chexdino.provenance import environment
 from chexdino.tokens import read_tokens
 
@@ -65,7 +66,7 @@ def recall_table(
     records = []
     for direction, rank in ranks.items():
         rank = np.asarray(rank)
-        idx = zeroshot.bootstrap_indices(len(rank), n_bootstrap, seed) if len(rank) else None
+        idx = metrics.bootstrap_indices(len(rank), n_bootstrap, seed) if len(rank) else None
         for k in ks:
             hits = (rank < k).astype(np.float64)
             lo = hi = np.nan

@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 
 from chexdino import h5store
+from chexdino.atomic import atomic_output
 
 
 @lru_cache(maxsize=4)
@@ -56,7 +57,7 @@ def _write_tokens(
     source: pd.Series,
 ) -> None:
     strings = h5py.string_dtype()
-    with h5store.atomic_output(out_h5) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_output(out_h5) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("tokens", data=tokens)
         f.create_dataset("has_text", data=has_text)
         f.create_dataset("dicom_id", data=dicom_id.astype(str).to_numpy(dtype=object),

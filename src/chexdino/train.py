@@ -22,7 +22,9 @@ import pandas as pd
 import torch
 
 from chexdino import __version__, h5store
+from chexdino.atomic import atomic_output
 from chexdino.data import ImageBank, batch_indices, step_generator
+from chexdino.device import autocast, pick_device
 from chexdino.distributed import (
     DataParallelOptions,
     FlatGradientMean,
@@ -34,7 +36,7 @@ from chexdino.distributed import (
     shutdown,
     wrap_data_parallel,
 )
-from chexdino.evaluate import autocast, embed_images, pick_device, validation_auroc
+from chexdino.evaluate import embed_images, validation_auroc
 from chexdino.model import ChexDino, ModelConfig, build_model, contrastive_loss
 from chexdino.provenance import code_fingerprint, environment
 from chexdino.tokens import read_tokens
@@ -433,7 +435,7 @@ class Trainer:
 
     @staticmethod
     def _atomic_save(payload: dict[str, Any], path: Path) -> None:
-        with h5store.atomic_output(path) as tmp:
+        with atomic_output(path) as tmp:
             torch.save(payload, tmp)
 
     def _step_checkpoints(self) -> list[Path]:

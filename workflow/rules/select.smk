@@ -3,7 +3,7 @@
 
 rule select_mimic:
     input:
-        code=stage_code("select"),
+        code=stage_code("selection"),
         split=config["mimic"]["split_csv"],
         metadata=config["mimic"]["metadata_csv"],
         chexpert=config["mimic"]["chexpert_csv"],
@@ -30,7 +30,7 @@ rule select_mimic:
 
 rule select_chexpert_test:
     input:
-        code=stage_code("select"),
+        code=stage_code("selection"),
         groundtruth=(
             config["chexpert_test"]["groundtruth_csv"]
             if config.get("chexpert_test")

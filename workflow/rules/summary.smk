@@ -3,7 +3,7 @@
 
 rule dataset_summary:
     input:
-        code=stage_code("summary"),
+        code=stage_code("dataset_summary"),
         manifest=f"{R}/mimic/manifest.csv",
         select_rejects=f"{R}/mimic/select_rejects.csv",
         cxr=f"{R}/mimic/cxr.h5",

@@ -8,7 +8,7 @@ import pytest
 
 from chexdino import LABELS
 from chexdino.errors import ConfigError
-from chexdino.select import (
+from chexdino.selection import (
     mimic_studies,
     read_manifest,
     select_chexpert_test,

@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 from chexdino.errors import ChexdinoError, ReportReadError
+from chexdino.tables import IMPRESSION_COLUMNS, REPORT_REJECT_COLUMNS
 
 # Canonical names, as MIMIC's normalize_section_names produces them, plus a few synonyms
 # (summary, conclusions, observations, impression and recommendations) it only catches by
@@ -332,8 +333,8 @@ def extract_impressions(
             rejected.append((study_id, str(report_path), reason))
         else:
             kept.append((study_id, impression, source))
-    impressions = pd.DataFrame(kept, columns=["study_id", "impression", "impression_source"])
-    rejects = pd.DataFrame(rejected, columns=["study_id", "report_path", "reason"])
+    impressions = pd.DataFrame(kept, columns=list(IMPRESSION_COLUMNS))
+    rejects = pd.DataFrame(rejected, columns=list(REPORT_REJECT_COLUMNS))
     return impressions.astype(str), rejects.astype(str)
 
 

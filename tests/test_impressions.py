@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from chexdino.errors import ReportReadError
-from chexdino.reports import (
+from chexdino.impressions import (
     clean_text,
     extract_impression,
     extract_impressions,

@@ -5,7 +5,7 @@
 # selection then reruns the image stages only (tokens join impressions by study_id).
 rule impressions:
     input:
-        code=stage_code("reports"),
+        code=stage_code("impressions"),
         split=config["mimic"]["split_csv"],
     output:
         impressions=f"{R}/mimic/impressions.csv",

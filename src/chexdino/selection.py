@@ -16,10 +16,7 @@ import pandas as pd
 
 from chexdino import LABELS
 from chexdino.errors import ConfigError
-
-MANIFEST_COLUMNS = ["dicom_id", "study_id", "subject_id", "split", "view", "image_path",
-                    "report_path", *LABELS]
-REJECT_COLUMNS = ["dicom_id", "study_id", "subject_id", "split", "view", "reason"]
+from chexdino.tables import MANIFEST_COLUMNS, SELECT_REJECT_COLUMNS
 
 
 def mimic_study_dir(root: Path, subject_id: str, study_id: str) -> Path:
@@ -79,7 +76,7 @@ def select_mimic(
         kept_pos = np.flatnonzero((reason == "").to_numpy())
         reason.iloc[kept_pos[max_images:]] = f"beyond select.max_images ({max_images})"
     rows["reason"] = reason
-    rejects = rows.loc[reason != "", REJECT_COLUMNS].reset_index(drop=True)
+    rejects = rows.loc[reason != "", list(SELECT_REJECT_COLUMNS)].reset_index(drop=True)
     kept = rows.loc[reason == ""].drop(columns="reason").reset_index(drop=True)
     kept = kept.merge(read_mimic_labels(chexpert_csv), on="study_id", how="left")
     kept["image_path"] = [
@@ -90,7 +87,7 @@ def select_mimic(
         str(mimic_study_dir(report_root, s, t)) + ".txt"
         for s, t in zip(kept["subject_id"], kept["study_id"], strict=True)
     ]
-    return kept[MANIFEST_COLUMNS], rejects
+    return kept[list(MANIFEST_COLUMNS)], rejects
 
 
 def mimic_studies(split_csv: Path, report_root: Path) -> pd.DataFrame:
@@ -130,7 +127,7 @@ def select_chexpert_test(groundtruth_csv: Path, image_root: Path) -> tuple[pd.Da
     for lab in LABELS:
         values = table[lab].replace("", np.nan) if lab in table.columns else np.nan
         manifest[lab] = pd.to_numeric(values, errors="coerce") if lab in present else np.nan
-    return manifest[MANIFEST_COLUMNS], pd.DataFrame(columns=REJECT_COLUMNS)
+    return manifest[list(MANIFEST_COLUMNS)], pd.DataFrame(columns=list(SELECT_REJECT_COLUMNS))
 
 
 def write_manifest(manifest: pd.DataFrame, rejects: pd.DataFrame, manifest_csv: Path,

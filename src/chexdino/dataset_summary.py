@@ -14,9 +14,8 @@ import numpy as np
 import pandas as pd
 
 from chexdino import COMPETITION_LABELS, h5store
+from chexdino.tables import REJECT_COLUMNS
 from chexdino.tokens import read_tokens
-
-REJECT_COLUMNS = ["dicom_id", "study_id", "subject_id", "split", "stage", "reason"]
 
 
 class AccountingError(RuntimeError):
@@ -38,14 +37,14 @@ def collect_rejects(select_rejects: Path, image_rejects: Path, report_rejects: P
     for path, stage in ((select_rejects, "select"), (image_rejects, "images")):
         table = _read(path)
         table["stage"] = stage
-        parts.append(table.reindex(columns=REJECT_COLUMNS, fill_value=""))
+        parts.append(table.reindex(columns=list(REJECT_COLUMNS), fill_value=""))
     meta = h5store.read_meta(cxr_h5)
     _, has_text = read_tokens(tokens_h5)
     reasons = _read(report_rejects).drop_duplicates("study_id").set_index("study_id")["reason"]
     no_text = meta.loc[~has_text, ["dicom_id", "study_id", "subject_id", "split"]].copy()
     no_text["stage"] = "reports"
     no_text["reason"] = no_text["study_id"].map(reasons).fillna("no impression for study")
-    parts.append(no_text.reindex(columns=REJECT_COLUMNS))
+    parts.append(no_text.reindex(columns=list(REJECT_COLUMNS)))
     return pd.concat(parts, ignore_index=True), has_text
 
 
