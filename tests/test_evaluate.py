@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from chexdino import LABELS, h5store
-from chexdino.evaluate import evaluate_store
+from chexdino.config import EvaluateConfig, PromptConfig
+from chexdino.evaluate import Scoring, evaluate_store
 from chexdino.model import build_model
 
 
@@ -41,8 +42,8 @@ def store_and_checkpoints(tmp_path, tiny_model_cfg):
 
 
 def run(cxr, ckpts, out, **cfg):
-    return evaluate_store(ckpts, cxr, out, {"bootstrap": 50, **cfg}, input_size=32,
-                          split="test", device_name="cpu", precision="fp32", batch_size=16)
+    section = EvaluateConfig.from_section({"bootstrap": 50, "batch_size": 16, **cfg})
+    return evaluate_store(ckpts, cxr, out, section, Scoring(32, "fp32", "cpu"), split="test")
 
 
 def read_probs(out):
@@ -109,6 +110,7 @@ def test_evaluation_uses_the_normalisation_recorded_in_the_checkpoint(store_and_
     rows = np.arange(30)  # the test split
     emb = embed_images(model, h5store.load_cxr_array(cxr, rows), 32, torch.device("cpu"), 16,
                        "fp32", "imagenet")
-    expected = zero_shot_probs(model, emb, list(LABELS), {}, torch.device("cpu"), "fp32")
+    expected = zero_shot_probs(model, emb, list(LABELS), PromptConfig.from_section(),
+                               torch.device("cpu"), "fp32")
     np.testing.assert_allclose(read_probs(tmp_path / "imagenet"), expected, atol=1e-6)
     assert np.abs(read_probs(tmp_path / "imagenet") - read_probs(tmp_path / "clip")).max() > 1e-4

@@ -129,13 +129,15 @@ def test_malicious_checkpoint_is_not_unpickled(tiny_store, tmp_path, tiny_model_
 
 def demo_manifest(small_demo, tmp_path, repeat: int = 80) -> Path:
     """The small demo's frontal manifest, repeated so that a shard runs for a few seconds."""
+    from chexdino.config import SelectConfig
     from chexdino.select import select_mimic, write_manifest
 
     root, _ = small_demo
     m = root / "mimic"
     manifest, rejects = select_mimic(m / "mimic-cxr-2.0.0-split.csv.gz",
                                      m / "mimic-cxr-2.0.0-metadata.csv.gz",
-                                     m / "mimic-cxr-2.0.0-chexpert.csv.gz", m, m, ".dcm")
+                                     m / "mimic-cxr-2.0.0-chexpert.csv.gz", m, m, ".dcm",
+                                     SelectConfig.from_section())
     import pandas as pd
 
     big = pd.concat([manifest] * repeat, ignore_index=True)

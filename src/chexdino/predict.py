@@ -24,6 +24,7 @@ import yaml
 from tqdm import tqdm
 
 from chexdino import LABELS, zeroshot
+from chexdino.config import PROMPT_KEYS, PromptConfig
 from chexdino.errors import ChexdinoError, ImageReadError
 from chexdino.evaluate import (
     embed_images,
@@ -170,7 +171,9 @@ def predict_files(
     device, precision = pick_device(settings.device), settings.precision
     model = load_model(Path(model_path), device, settings.input_size)
     files, rejects = collect_files(inputs)
-    pairs = zeroshot.prompt_pairs(settings.labels, **prompt_settings(settings.evaluate))
+    prompts = PromptConfig.from_section(
+        {k: v for k, v in settings.evaluate.items() if k in PROMPT_KEYS})
+    pairs = zeroshot.prompt_pairs(settings.labels, **prompt_settings(prompts))
     classes = zeroshot.class_embeddings(text_encoder(model, device, precision), pairs)
     log.info("scoring %d files for %d labels (input %d px) with %s", len(files),
              len(pairs), settings.input_size, model_path)
