@@ -206,7 +206,8 @@ def test_normalisation_is_used_in_training_and_validation_and_recorded(
     tiny_store, tmp_path, tiny_model_cfg
 ):
     """Same seed, same data: only train.normalize differs, so the validation of the same
-    initial weights and the trained weights differ; best.pt records the setting."""
+    initial weights and the trained weights differ; best.pt records the setting, with the
+    input size, precision and device evaluation uses."""
     val_loss = {}
     for normalize in ("clip", "imagenet"):
         settings = {"steps": 2, "val_every": 2, "ckpt_every": 2, "normalize": normalize}
@@ -216,6 +217,8 @@ def test_normalisation_is_used_in_training_and_validation_and_recorded(
         make_trainer(tiny_store, tmp_path / normalize, tiny_model_cfg, **settings).run()
         best = final_weights(tmp_path / normalize)
         assert best["normalize"] == normalize
+        # what evaluation needs travels with the weights (train_cfg: 32 px, fp32, cpu)
+        assert (best["input_size"], best["precision"], best["device"]) == (32, "fp32", "cpu")
         step = torch.load(tmp_path / normalize / "checkpoints" / "step_0000002.pt",
                           weights_only=True)
         assert step["normalize"] == step["train_config"]["normalize"] == normalize
