@@ -154,3 +154,17 @@ def test_evaluate_model_refuses_what_it_cannot_score(store_and_checkpoints, tmp_
         evaluate_model(tmp_path / "missing.pt", cxr, tmp_path / "out", cfg)
     with pytest.raises(ChexdinoError, match="a model folder needs --precision and --device"):
         evaluate_model(tmp_path, cxr, tmp_path / "out", cfg)
+
+
+def test_scorecard_text_prints_every_evaluation_set_of_a_results_folder(store_and_checkpoints,
+                                                                       tmp_path):
+    from chexdino.errors import ChexdinoError
+    from chexdino.evaluate import scorecard_text
+
+    cxr, (a, _), _ = store_and_checkpoints
+    with pytest.raises(ChexdinoError, match="no eval/\\*/summary.json under"):
+        scorecard_text(tmp_path)
+    run(cxr, [a], tmp_path / "eval" / "mimic_test", bootstrap=0)
+    text = scorecard_text(tmp_path)
+    assert "== zero-shot scorecard: mimic_test ==" in text and "Edema" in text
+    assert "retrieval" not in text

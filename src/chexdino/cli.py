@@ -88,15 +88,10 @@ def cmd_gather(a: argparse.Namespace) -> None:
 
 @command("impressions")
 def cmd_impressions(a: argparse.Namespace) -> None:
-    from chexdino.reports import extract_impressions, impression_summary
-    from chexdino.select import mimic_studies
+    from chexdino.reports import write_impressions
 
-    studies = mimic_studies(Path(a.split), Path(a.report_root))
-    impressions, rejects = extract_impressions(studies)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    impressions.to_csv(a.out, index=False)
-    rejects.to_csv(a.rejects, index=False)
-    log.info("impressions: %s", json.dumps(impression_summary(impressions, rejects)))
+    counts = write_impressions(Path(a.split), Path(a.report_root), Path(a.out), Path(a.rejects))
+    log.info("impressions: %s", json.dumps(counts))
 
 
 @command("tokens")
@@ -180,25 +175,9 @@ def cmd_run_summary(a: argparse.Namespace) -> None:
 
 @command("scorecard")
 def cmd_scorecard(a: argparse.Namespace) -> None:
-    import pandas as pd
+    from chexdino.evaluate import scorecard_text
 
-    from chexdino.zeroshot import format_table
-
-    summaries = sorted(Path(a.results).glob("eval/*/summary.json"))
-    if not summaries:
-        raise ChexdinoError(f"no eval/*/summary.json under {a.results}: run the workflow first")
-    for path in summaries:
-        table = pd.read_csv(path.with_name("auroc.csv"), keep_default_na=False,
-                            na_values=[""])
-        print(f"\n== zero-shot scorecard: {path.parent.name} ==")
-        summary = json.loads(path.read_text())
-        print(format_table(table, summary.get("headline", summary)))
-        retrieval = path.with_name("retrieval.csv")
-        if retrieval.is_file():
-            from chexdino.retrieval import format_recall
-
-            print(f"\n== retrieval (study level): {path.parent.name} ==")
-            print(format_recall(pd.read_csv(retrieval)))
+    print(scorecard_text(Path(a.results)))
 
 
 @command("predict")

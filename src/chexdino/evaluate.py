@@ -128,23 +128,25 @@ SCORING_KEYS = ("input_size", "precision", "device")
 """The training settings every checkpoint records for evaluation (``train.<key>``)."""
 
 
-def checkpoint_scoring(record: Mapping[str, Any], path: Path) -> Scoring:
+def checkpoint_scoring(record: Mapping[str, Any], path: Path,
+                       train: Mapping[str, Any] | None = None) -> Scoring:
     """The scoring settings a checkpoint records. Checkpoints written before they were
-    recorded get the shipped ``train:`` section's values, and the log says so."""
+    recorded get the run's ``train`` section's values when given, else config.yaml's, and
+    the log says so."""
     missing = [k for k in SCORING_KEYS if k not in record]
+    fallback = {**shipped_section("train"), **(train or {})}
     if missing:
-        shipped = shipped_section("train")
-        log.warning("%s records no %s (written by an older chexdino): using config.yaml's "
-                    "train.%s", path, "/".join(missing),
-                    ", train.".join(f"{k} = {shipped[k]}" for k in missing))
-    return Scoring(**{k: record[k] if k in record else shipped_section("train")[k]
-                      for k in SCORING_KEYS})
+        source = "the run's" if train else "config.yaml's"
+        log.warning("%s records no %s (written by an older chexdino): using %s train.%s",
+                    path, "/".join(missing), source,
+                    ", train.".join(f"{k} = {fallback[k]}" for k in missing))
+    return Scoring(**{k: record[k] if k in record else fallback[k] for k in SCORING_KEYS})
 
 
-def read_scoring(path: Path) -> Scoring:
+def read_scoring(path: Path, train: Mapping[str, Any] | None = None) -> Scoring:
     """:func:`checkpoint_scoring` of a checkpoint file (memory-mapped: the weights stay unread)."""
     record = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    return checkpoint_scoring(record, Path(path))
+    return checkpoint_scoring(record, Path(path), train)
 
 
 def ensemble_members(checkpoints_json: Path, top_k: int) -> list[Path]:
@@ -256,3 +258,24 @@ def validation_auroc(
         if len(np.unique(targets[keep, j])) == 2:
             scores.append(roc_auc_score(targets[keep, j], prob[keep, j]))
     return float(np.mean(scores)) if scores else float("nan")
+
+
+def scorecard_text(results: Path) -> str:
+    """The AUROC tables (and retrieval recalls) of every evaluation set under ``results``."""
+    summaries = sorted(Path(results).glob("eval/*/summary.json"))
+    if not summaries:
+        raise ChexdinoError(f"no eval/*/summary.json under {results}: run the workflow first")
+    parts = []
+    for path in summaries:
+        table = pd.read_csv(path.with_name("auroc.csv"), keep_default_na=False,
+                            na_values=[""])
+        summary = json.loads(path.read_text())
+        parts += [f"\n== zero-shot scorecard: {path.parent.name} ==",
+                  zeroshot.format_table(table, summary.get("headline", summary))]
+        retrieval = path.with_name("retrieval.csv")
+        if retrieval.is_file():
+            from chexdino.retrieval import format_recall
+
+            parts += [f"\n== retrieval (study level): {path.parent.name} ==",
+                      format_recall(pd.read_csv(retrieval))]
+    return "\n".join(parts)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,15 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from chexdino import LABELS, zeroshot
-from chexdino.config import PROMPT_KEYS, PromptConfig
+from chexdino import zeroshot
+from chexdino.config import (
+    PROMPT_KEYS,
+    EvaluateConfig,
+    ImagesConfig,
+    PromptConfig,
+    TrainConfig,
+    shipped_section,
+)
 from chexdino.errors import ChexdinoError, ImageReadError
 from chexdino.evaluate import (
     embed_images,
@@ -46,31 +53,31 @@ REJECT_COLUMNS: tuple[str, ...] = ("file", "reason")
 class PredictSettings:
     """What decides a film's probabilities besides the weights (from the run's config)."""
 
-    store_size: int = 320
-    input_size: int = 224
-    labels: list[str] = field(default_factory=lambda: list(LABELS))
-    evaluate: dict[str, Any] = field(default_factory=dict)
-    precision: str = "bf16"
-    device: str = "auto"
+    store_size: int
+    input_size: int
+    labels: list[str]
+    evaluate: dict[str, Any]
+    precision: str
+    device: str
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> PredictSettings:
-        """``images.size``, ``train.input_size / precision / device`` and ``evaluate:``."""
-        evaluate = dict(config.get("evaluate") or {})
-        train = config.get("train") or {}
-        return cls(store_size=int((config.get("images") or {}).get("size", 320)),
-                   input_size=int(train.get("input_size", 224)),
-                   labels=list(evaluate.get("labels", LABELS)), evaluate=evaluate,
-                   precision=str(train.get("precision", "bf16")),
-                   device=str(train.get("device", "auto")))
+        """``images.size``, ``train.input_size / precision / device`` and ``evaluate:`` (keys
+        a run's config leaves out take config.yaml's values)."""
+        train = TrainConfig.from_section(config.get("train"))
+        evaluate = EvaluateConfig.from_section(config.get("evaluate"))
+        return cls(store_size=ImagesConfig.from_section(config.get("images")).size,
+                   input_size=train.input_size, labels=list(evaluate.labels),
+                   evaluate=evaluate.to_dict(), precision=train.precision, device=train.device)
 
     @classmethod
     def from_exported(cls, section: Mapping[str, Any]) -> PredictSettings:
         """The ``chexdino`` section of an exported folder's ``open_clip_config.json``."""
         prep = section["preprocessing"]
+        precision = section.get("precision") or shipped_section("train")["precision"]
         return cls(store_size=int(prep["store_size"]), input_size=int(prep["input_size"]),
                    labels=list(section["labels"]), evaluate=dict(section.get("evaluate", {})),
-                   precision=str(section.get("precision", "bf16")))
+                   precision=str(precision), device=shipped_section("train")["device"])
 
 
 def merge_configs(paths: Sequence[Path]) -> dict[str, Any]:
