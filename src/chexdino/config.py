@@ -184,10 +184,9 @@ class ReportsConfig(Section):
 
 
 @dataclass
-class VisionConfig(Section):
-    """``model.vision:``: timm model name, constructor overrides, optional local weights."""
+class TowerConfig(Section):
+    """An encoder tower: a named architecture, constructor overrides, optional local weights."""
 
-    NAME: ClassVar[str] = "vision"
     name: str
     weights: str | None
     random_init: bool
@@ -195,14 +194,17 @@ class VisionConfig(Section):
 
 
 @dataclass
-class TextConfig(Section):
+class VisionConfig(TowerConfig):
+    """``model.vision:``: timm model name, constructor overrides, optional local weights."""
+
+    NAME: ClassVar[str] = "vision"
+
+
+@dataclass
+class TextConfig(TowerConfig):
     """``model.text:``: open_clip model name (its text tower), overrides, local weights."""
 
     NAME: ClassVar[str] = "text"
-    name: str
-    weights: str | None
-    random_init: bool
-    overrides: dict[str, Any]
 
 
 @dataclass
@@ -305,14 +307,10 @@ class PromptConfig(Section):
 
 
 @dataclass(frozen=True)
-class EvaluateConfig(Section):
+class EvaluateConfig(PromptConfig):
     """``evaluate:``: labels, prompts, uncertain-label policy, bootstrap, ensemble, batching."""
 
-    NAME: ClassVar[str] = "evaluate"
     labels: list[str]
-    positive_templates: list[str]
-    negative_templates: list[str]
-    prompt_overrides: dict[str, dict[str, list[str]]] | None
     uncertain: str
     bootstrap: int
     seed: int
