@@ -151,7 +151,7 @@ def test_killed_shard_and_gather_leave_no_complete_looking_file(small_demo, tmp_
     manifest = demo_manifest(small_demo, tmp_path)
     shard, rejects = tmp_path / "shards" / "1-of-1.h5", tmp_path / "shards" / "1-of-1.csv"
     cmd = [str(BIN / "chexdino"), "images", "--manifest", str(manifest), "--shard", "1-of-1",
-           "--threads", "1", "--out", str(shard), "--rejects", str(rejects)]
+           "--images", "{}", "--threads", "1", "--out", str(shard), "--rejects", str(rejects)]
     proc = subprocess.Popen(cmd, env=env(), stderr=subprocess.PIPE, text=True)
     time.sleep(3)  # imports take ~2 s; 80 copies of the demo films take far longer to decode
     assert proc.poll() is None, "the shard finished before it could be killed"
