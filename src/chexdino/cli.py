@@ -182,20 +182,10 @@ def cmd_scorecard(a: argparse.Namespace) -> None:
 
 @command("predict")
 def cmd_predict(a: argparse.Namespace) -> None:
-    from chexdino.export import exported_settings, is_exported
-    from chexdino.predict import PredictSettings, default_config, merge_configs, predict_files
+    from chexdino.predict import predict_files, predict_settings
 
-    if is_exported(Path(a.model)) and not a.config:
-        log.info("settings from %s/open_clip_config.json", a.model)
-        settings = PredictSettings.from_exported(exported_settings(Path(a.model)))
-    else:
-        configs = [Path(c) for c in a.config] or [default_config(Path(a.model))]
-        log.info("settings from %s", ", ".join(map(str, configs)))
-        settings = PredictSettings.from_config(merge_configs(configs))
-    if a.labels:
-        settings.labels = list(a.labels)
-    settings.device = a.device or settings.device
-    settings.precision = a.precision or settings.precision
+    settings = predict_settings(Path(a.model), [Path(c) for c in a.config], a.labels,
+                                a.device or None, a.precision or None)
     out = Path(a.out)
     rejects = Path(a.rejects) if a.rejects else out.with_name(f"{out.stem}_rejects.csv")
     counts = predict_files(Path(a.model), [Path(f) for f in a.files], settings, out, rejects,

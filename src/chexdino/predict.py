@@ -40,7 +40,7 @@ from chexdino.evaluate import (
     prompt_settings,
     text_encoder,
 )
-from chexdino.export import load_model_folder
+from chexdino.export import exported_settings, is_exported, load_model_folder
 from chexdino.images import load_cxr
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,26 @@ class PredictSettings:
         return cls(store_size=int(prep["store_size"]), input_size=int(prep["input_size"]),
                    labels=list(section["labels"]), evaluate=dict(section.get("evaluate", {})),
                    precision=str(precision), device=shipped_section("train")["device"])
+
+
+def predict_settings(model_path: Path, configs: Sequence[Path], labels: Sequence[str] = (),
+                     device: str | None = None, precision: str | None = None
+                     ) -> PredictSettings:
+    """The settings ``chexdino predict`` scores with: an exported folder's own, else the
+    run's config files (default: the results folder's run_config.yaml); ``labels``,
+    ``device`` and ``precision``, when given, replace theirs."""
+    if is_exported(Path(model_path)) and not configs:
+        log.info("settings from %s/open_clip_config.json", model_path)
+        settings = PredictSettings.from_exported(exported_settings(Path(model_path)))
+    else:
+        configs = list(configs) or [default_config(Path(model_path))]
+        log.info("settings from %s", ", ".join(map(str, configs)))
+        settings = PredictSettings.from_config(merge_configs(configs))
+    if labels:
+        settings.labels = list(labels)
+    settings.device = device or settings.device
+    settings.precision = precision or settings.precision
+    return settings
 
 
 def merge_configs(paths: Sequence[Path]) -> dict[str, Any]:
