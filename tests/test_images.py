@@ -289,7 +289,7 @@ def test_shard_where_every_film_fails_still_writes_both_outputs(tmp_path: Path):
 def test_manifest_without_label_columns_is_refused(tmp_path: Path):
     manifest = make_manifest(tmp_path).drop(columns=["Edema"])
     with pytest.raises(ValueError, match="Edema"):
-        process_shard(manifest, tmp_path / "s.h5", tmp_path / "r.csv")
+        process_shard(manifest, tmp_path / "s.h5", tmp_path / "r.csv", size=32)
     assert not (tmp_path / "s.h5").exists()
 
 

@@ -14,7 +14,7 @@ import yaml
 from PIL import Image
 
 from chexdino.cli import main
-from chexdino.config import EvaluateConfig, SelectConfig
+from chexdino.config import EvaluateConfig, ImagesConfig, SelectConfig
 from chexdino.errors import ChexdinoError
 from chexdino.evaluate import Scoring, evaluate_store
 from chexdino.images import process_shard
@@ -35,7 +35,8 @@ def scored_demo(small_demo, tmp_path_factory):
     manifest, _ = select_mimic(
         m / "mimic-cxr-2.0.0-split.csv.gz", m / "mimic-cxr-2.0.0-metadata.csv.gz",
         m / "mimic-cxr-2.0.0-chexpert.csv.gz", m, m, ".dcm", SelectConfig.from_section())
-    process_shard(manifest, tmp / "cxr.h5", tmp / "image_rejects.csv")
+    process_shard(manifest, tmp / "cxr.h5", tmp / "image_rejects.csv",
+                  ImagesConfig.from_section().size)
     torch.manual_seed(0)
     cfg = {"embed_dim": 32, "init_temperature": 0.07, "max_logit_scale": 100.0,
            "vision": {"name": "vit_base_patch16_dinov3", "weights": None, "random_init": True,

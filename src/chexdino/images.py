@@ -134,7 +134,7 @@ def process_shard(
     manifest: pd.DataFrame,
     out_h5: Path,
     rejects_csv: Path,
-    size: int = 320,
+    size: int,
     threads: int = 1,
     pool: PoolKind = POOL,
     max_frame_pixels: int = MAX_FRAME_PIXELS,
