@@ -28,11 +28,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from chexdino.config import ModelConfig, PromptConfig, TrainConfig
 from chexdino.distributed import DataParallelOptions, barrier
 from chexdino.train import Trainer
 from synthetic import make_store
 
-FULL_MODEL = {"vision": {"random_init": True}, "text": {"random_init": True}}
+FULL_MODEL = ModelConfig.from_section({"vision": {"weights": None, "random_init": True},
+                                        "text": {"weights": None, "random_init": True}})
 
 
 def variant_options(name: str) -> DataParallelOptions:
@@ -53,7 +55,8 @@ def make_trainer(store: Path, work: Path, batch: int, compile_mode: str | None,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return Trainer(store / "cxr.h5", store / "tokens.h5", work / f"b{batch}", FULL_MODEL,
-                       cfg, {"bootstrap": 0}, parallel=options)
+                       TrainConfig.from_section(cfg), PromptConfig.from_section(),
+                       parallel=options)
 
 
 def timed_steps(trainer: Trainer, first: int, steps: int) -> float:

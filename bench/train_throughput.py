@@ -28,11 +28,13 @@ from torchvision import transforms as T
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from chexdino.config import ModelConfig, PromptConfig, TrainConfig
 from chexdino.model import build_model, contrastive_loss
 from chexdino.transforms import CLIP_MEAN, CLIP_STD
 from synthetic import make_store
 
-FULL_MODEL = {"vision": {"random_init": True}, "text": {"random_init": True}}
+FULL_MODEL = ModelConfig.from_section({"vision": {"weights": None, "random_init": True},
+                                        "text": {"weights": None, "random_init": True}})
 
 
 class SeedDataset(Dataset):
@@ -95,7 +97,8 @@ def chexdino_variant(cxr: Path, tokens: Path, out_dir: Path, warmup: int, steps:
                  "precision": "bf16", **train_over}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = Trainer(cxr, tokens, out_dir, FULL_MODEL, train_cfg, {"bootstrap": 0})
+        trainer = Trainer(cxr, tokens, out_dir, FULL_MODEL,
+                          TrainConfig.from_section(train_cfg), PromptConfig.from_section())
     compile_start = time.perf_counter()
     for step in range(warmup):
         trainer.train_step(step)
@@ -137,7 +140,8 @@ def profile_steps(cxr: Path, tokens: Path, out_dir: Path, warmup: int, steps: in
                  "precision": "bf16", **train_over}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = Trainer(cxr, tokens, out_dir, FULL_MODEL, train_cfg, {"bootstrap": 0})
+        trainer = Trainer(cxr, tokens, out_dir, FULL_MODEL,
+                          TrainConfig.from_section(train_cfg), PromptConfig.from_section())
     for step in range(warmup):
         trainer.train_step(step)
     torch.cuda.synchronize()
@@ -162,7 +166,8 @@ def long_run(cxr: Path, tokens: Path, out_dir: Path, steps: int, **train_over) -
            "log_every": 50, "val_max_images": 3000, "precision": "bf16", **train_over}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = Trainer(cxr, tokens, out_dir, FULL_MODEL, cfg, {"bootstrap": 0})
+        trainer = Trainer(cxr, tokens, out_dir, FULL_MODEL, TrainConfig.from_section(cfg),
+                          PromptConfig.from_section())
     t0 = time.perf_counter()
     result = trainer.run()
     result["wall_s"] = time.perf_counter() - t0

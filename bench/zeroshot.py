@@ -23,11 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from chexdino import LABELS, h5store, metrics
+from chexdino.config import PromptConfig
 from chexdino.evaluate import embed_images, zero_shot_probs
 from chexdino.model import build_model
 from synthetic import make_store
 
-FULL_MODEL = {"vision": {"random_init": True}, "text": {"random_init": True}}
+FULL_MODEL = {"vision": {"weights": None, "random_init": True},
+              "text": {"weights": None, "random_init": True}}
 
 
 def time_embedding(model, images: torch.Tensor, batch: int, repeats: int = 2) -> float:
@@ -71,7 +73,8 @@ def main() -> None:
     # The rest of the stage, once: prompts, probabilities, metrics with 1000 bootstraps.
     t0 = time.perf_counter()
     emb = embed_images(compiled, images, 224, images.device, 512)
-    probs = zero_shot_probs(model, emb, list(LABELS), {}, images.device)
+    probs = zero_shot_probs(model, emb, list(LABELS), PromptConfig.from_section(),
+                            images.device)
     targets = (np.random.default_rng(0).random(probs.shape) < 0.3).astype(float)
     table = metrics.auroc_table(probs, targets, list(LABELS), 1000, 0)
     stage_s = time.perf_counter() - t0

@@ -11,7 +11,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from chexdino.config import validate_config
+from chexdino.config import (
+    EvaluateConfig,
+    ImagesConfig,
+    ModelConfig,
+    PromptConfig,
+    ReportConfig,
+    ReportsConfig,
+    SelectConfig,
+    TrainConfig,
+    validate_config,
+)
 from chexdino.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,3 +152,49 @@ def test_snakemake_stops_before_any_job(good_config, tmp_path):
     assert result.returncode != 0
     assert "train.lr = -1.0" in result.stdout + result.stderr
     assert not (tmp_path / "results").exists()
+
+
+SECTIONS = [SelectConfig, ImagesConfig, ReportsConfig, ModelConfig, TrainConfig, EvaluateConfig,
+            ReportConfig]
+
+
+@pytest.mark.parametrize("section", SECTIONS, ids=lambda c: c.NAME)
+def test_each_section_is_one_typed_object_with_config_yamls_keys_and_no_defaults_of_its_own(
+    section,
+):
+    """config.yaml, the schema and the dataclass name the same keys; the dataclass states no
+    default (config.yaml is the one place), so building it from config.yaml gives its values."""
+    import dataclasses
+
+    shipped = yaml.safe_load((REPO / "config.yaml").read_text())[section.NAME]
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    properties = schema["properties"][section.NAME]["properties"]
+    fields = dataclasses.fields(section)
+    assert [f.name for f in fields] and {f.name for f in fields} == set(shipped) == set(
+        properties)
+    assert all(f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+               for f in fields)
+    assert section.from_section().to_dict() == shipped
+    assert section.from_section(shipped).to_dict() == shipped
+
+
+def test_a_section_takes_config_yamls_values_for_keys_it_leaves_out_and_refuses_unknown_ones():
+    shipped = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg = TrainConfig.from_section({"steps": 7})
+    assert cfg.steps == 7 and cfg.lr == shipped["train"]["lr"]
+    with pytest.raises(ConfigError, match=r"train: unknown key\(s\) \['stepz'\]"):
+        TrainConfig.from_section({"stepz": 7})
+    with pytest.raises(ConfigError, match=r"model.vision: unknown key\(s\) \['wieghts'\]"):
+        ModelConfig.from_section({"vision": {"wieghts": None}})
+    model = ModelConfig.from_section({"vision": {"weights": None, "random_init": True}})
+    assert model.vision.name == shipped["model"]["vision"]["name"]
+    assert model.text.weights == shipped["model"]["text"]["weights"]
+    # A checkpoint's model_config is rebuilt as written: nothing is filled in.
+    assert ModelConfig.from_dict(model.to_dict()) == model
+    with pytest.raises(ConfigError, match=r"model_config.vision: missing key\(s\)"):
+        ModelConfig.from_dict({**model.to_dict(), "vision": {"name": "x"}})
+    # Training's validation takes only the prompt keys of evaluate:
+    prompts = EvaluateConfig.from_section({"bootstrap": 3}).prompts
+    assert prompts == PromptConfig.from_section()
+    assert prompts.overrides()["No Finding"] == (("no acute cardiopulmonary process",),
+                                                 ("acute cardiopulmonary process",))

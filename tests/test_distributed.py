@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from chexdino.config import ModelConfig, PromptConfig, TrainConfig
 from chexdino.distributed import DataParallelOptions, World, local_slice, world_from_env
 from chexdino.train import Trainer
 from test_train import make_trainer, train_cfg
@@ -30,8 +31,9 @@ def _worker(rank: int, world: int, port: int, args: dict) -> None:
     torch.set_num_threads(1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = Trainer(args["cxr"], args["tokens"], args["out"], args["model"],
-                          args["train"], {"bootstrap": 0},
+        trainer = Trainer(args["cxr"], args["tokens"], args["out"],
+                          ModelConfig.from_section(args["model"]),
+                          TrainConfig.from_section(args["train"]), PromptConfig.from_section(),
                           parallel=DataParallelOptions(strategy=args.get("strategy", "ddp")))
     if args["mode"] == "grads":
         trainer.model.train()

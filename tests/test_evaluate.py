@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from chexdino import LABELS, h5store
-from chexdino.evaluate import evaluate_store
+from chexdino.config import EvaluateConfig, PromptConfig
+from chexdino.evaluate import Scoring, evaluate_store
 from chexdino.model import build_model
 
 
@@ -41,8 +42,8 @@ def store_and_checkpoints(tmp_path, tiny_model_cfg):
 
 
 def run(cxr, ckpts, out, **cfg):
-    return evaluate_store(ckpts, cxr, out, {"bootstrap": 50, **cfg}, input_size=32,
-                          split="test", device_name="cpu", precision="fp32", batch_size=16)
+    section = EvaluateConfig.from_section({"bootstrap": 50, "batch_size": 16, **cfg})
+    return evaluate_store(ckpts, cxr, out, section, Scoring(32, "fp32", "cpu"), split="test")
 
 
 def read_probs(out):
@@ -109,6 +110,61 @@ def test_evaluation_uses_the_normalisation_recorded_in_the_checkpoint(store_and_
     rows = np.arange(30)  # the test split
     emb = embed_images(model, h5store.load_cxr_array(cxr, rows), 32, torch.device("cpu"), 16,
                        "fp32", "imagenet")
-    expected = zero_shot_probs(model, emb, list(LABELS), {}, torch.device("cpu"), "fp32")
+    expected = zero_shot_probs(model, emb, list(LABELS), PromptConfig.from_section(),
+                               torch.device("cpu"), "fp32")
     np.testing.assert_allclose(read_probs(tmp_path / "imagenet"), expected, atol=1e-6)
     assert np.abs(read_probs(tmp_path / "imagenet") - read_probs(tmp_path / "clip")).max() > 1e-4
+
+
+def test_evaluate_model_scores_at_the_input_size_the_checkpoint_records(store_and_checkpoints,
+                                                                        tmp_path, caplog):
+    """The evaluate stage reads input size, precision and device from the checkpoint, not
+    from the train: section; an older checkpoint without them gets config.yaml's train
+    values, and the log says so."""
+    from chexdino.evaluate import evaluate_model, read_scoring
+
+    cxr, (a, _), _ = store_and_checkpoints
+    ckpt = torch.load(a, weights_only=True)
+    cfg = EvaluateConfig.from_section({"bootstrap": 5, "batch_size": 16})
+    for size in (32, 48):
+        path = tmp_path / f"at{size}.pt"
+        torch.save({**ckpt, "input_size": size, "precision": "fp32", "device": "cpu"}, path)
+        evaluate_model(path, cxr, tmp_path / f"model{size}", cfg, split="test")
+        evaluate_store([path], cxr, tmp_path / f"store{size}", cfg, Scoring(size, "fp32", "cpu"),
+                       split="test")
+        np.testing.assert_allclose(read_probs(tmp_path / f"model{size}"),
+                                   read_probs(tmp_path / f"store{size}"), atol=1e-9)
+    assert np.abs(read_probs(tmp_path / "model32") - read_probs(tmp_path / "model48")).max() > 1e-4
+
+    with caplog.at_level("WARNING"):
+        assert read_scoring(a) == Scoring(224, "bf16", "auto")  # config.yaml's train section
+    assert f"{a} records no input_size/precision/device" in caplog.text
+    assert "train.input_size = 224" in caplog.text
+
+
+def test_evaluate_model_refuses_what_it_cannot_score(store_and_checkpoints, tmp_path):
+    from chexdino.errors import ChexdinoError
+    from chexdino.evaluate import evaluate_model
+
+    cxr, (a, _), _ = store_and_checkpoints
+    cfg = EvaluateConfig.from_section({"ensemble_top_k": 2})
+    with pytest.raises(ChexdinoError, match="ensemble_top_k > 1 needs --checkpoints"):
+        evaluate_model(a, cxr, tmp_path / "out", cfg)
+    with pytest.raises(ChexdinoError, match="file not found"):
+        evaluate_model(tmp_path / "missing.pt", cxr, tmp_path / "out", cfg)
+    with pytest.raises(ChexdinoError, match="a model folder needs --precision and --device"):
+        evaluate_model(tmp_path, cxr, tmp_path / "out", cfg)
+
+
+def test_scorecard_text_prints_every_evaluation_set_of_a_results_folder(store_and_checkpoints,
+                                                                       tmp_path):
+    from chexdino.errors import ChexdinoError
+    from chexdino.evaluate import scorecard_text
+
+    cxr, (a, _), _ = store_and_checkpoints
+    with pytest.raises(ChexdinoError, match="no eval/\\*/summary.json under"):
+        scorecard_text(tmp_path)
+    run(cxr, [a], tmp_path / "eval" / "mimic_test", bootstrap=0)
+    text = scorecard_text(tmp_path)
+    assert "== zero-shot scorecard: mimic_test ==" in text and "Edema" in text
+    assert "retrieval" not in text

@@ -24,8 +24,8 @@ TEXTS = ["no acute cardiopulmonary process", "moderate left pleural effusion", "
 
 def _checkpoint(tmp_path, vision: dict):
     cfg = {"embed_dim": 32, "init_temperature": 0.05,
-           "vision": {"random_init": True, **vision},
-           "text": {"name": "ViT-B-32-quickgelu", "random_init": True,
+           "vision": {"weights": None, "random_init": True, **vision},
+           "text": {"name": "ViT-B-32-quickgelu", "weights": None, "random_init": True,
                     "overrides": {"width": 32, "heads": 2, "layers": 1}}}
     torch.manual_seed(0)
     with warnings.catch_warnings():
@@ -36,7 +36,7 @@ def _checkpoint(tmp_path, vision: dict):
             p.add_(0.02 * torch.randn_like(p))
     path = tmp_path / "best.pt"
     torch.save({"step": 7, "model": model.state_dict(), "model_config": model.cfg.to_dict(),
-                "val": {}}, path)
+                "val": {}, "input_size": 64, "precision": "fp32", "device": "cpu"}, path)
     return model, path
 
 
@@ -128,7 +128,8 @@ def test_export_of_a_finished_run_and_predict_through_the_folder(tmp_path, tiny_
 
     from chexdino import LABELS, h5store
     from chexdino.cli import main
-    from chexdino.evaluate import evaluate_store
+    from chexdino.config import EvaluateConfig
+    from chexdino.evaluate import Scoring, evaluate_store
 
     results = tmp_path / "results"
     rng = np.random.default_rng(1)
@@ -149,8 +150,8 @@ def test_export_of_a_finished_run_and_predict_through_the_folder(tmp_path, tiny_
     torch.save({"step": 3, "model": model.state_dict(), "model_config": model.cfg.to_dict(),
                 "val": {}}, ckpt)
     eval_cfg = {"bootstrap": 20, "labels": list(LABELS)}
-    evaluate_store([ckpt], tmp_path / "cxr.h5", results / "eval" / "mimic_test", eval_cfg,
-                   input_size=32, device_name="cpu", precision="fp32")
+    evaluate_store([ckpt], tmp_path / "cxr.h5", results / "eval" / "mimic_test",
+                   EvaluateConfig.from_section(eval_cfg), Scoring(32, "fp32", "cpu"))
     config = {"images": {"size": 64}, "train": {"input_size": 32, "steps": 3},
               "evaluate": eval_cfg, "model": tiny_model_cfg, "select": {"views": ["PA"]}}
     (results / "run_config.yaml").write_text(yaml.safe_dump(config))
@@ -225,8 +226,8 @@ def test_evaluate_scores_exported_and_plain_open_clip_folders_like_the_checkpoin
     probs = {}
     for name, model in (("ckpt", ckpt), ("exported", exported), ("plain", plain)):
         assert main(["evaluate", "--model", str(model), "--cxr", str(tmp_path / "cxr.h5"),
-                     "--evaluate", json.dumps({"bootstrap": 5}), "--input-size", "64",
-                     "--precision", "fp32", "--device", "cpu",
+                     "--evaluate", json.dumps({"bootstrap": 5}),
+                     *([] if name == "ckpt" else ["--precision", "fp32", "--device", "cpu"]),
                      "--out-dir", str(tmp_path / name)]) == 0
         probs[name] = pd.read_csv(tmp_path / name / "probabilities.csv").filter(like="prob_")
     for name in ("exported", "plain"):

@@ -129,13 +129,15 @@ def test_malicious_checkpoint_is_not_unpickled(tiny_store, tmp_path, tiny_model_
 
 def demo_manifest(small_demo, tmp_path, repeat: int = 80) -> Path:
     """The small demo's frontal manifest, repeated so that a shard runs for a few seconds."""
+    from chexdino.config import SelectConfig
     from chexdino.selection import select_mimic, write_manifest
 
     root, _ = small_demo
     m = root / "mimic"
     manifest, rejects = select_mimic(m / "mimic-cxr-2.0.0-split.csv.gz",
                                      m / "mimic-cxr-2.0.0-metadata.csv.gz",
-                                     m / "mimic-cxr-2.0.0-chexpert.csv.gz", m, m, ".dcm")
+                                     m / "mimic-cxr-2.0.0-chexpert.csv.gz", m, m, ".dcm",
+                                     SelectConfig.from_section())
     import pandas as pd
 
     big = pd.concat([manifest] * repeat, ignore_index=True)
@@ -149,7 +151,7 @@ def test_killed_shard_and_gather_leave_no_complete_looking_file(small_demo, tmp_
     manifest = demo_manifest(small_demo, tmp_path)
     shard, rejects = tmp_path / "shards" / "1-of-1.h5", tmp_path / "shards" / "1-of-1.csv"
     cmd = [str(BIN / "chexdino"), "images", "--manifest", str(manifest), "--shard", "1-of-1",
-           "--threads", "1", "--out", str(shard), "--rejects", str(rejects)]
+           "--images", "{}", "--threads", "1", "--out", str(shard), "--rejects", str(rejects)]
     proc = subprocess.Popen(cmd, env=env(), stderr=subprocess.PIPE, text=True)
     time.sleep(3)  # imports take ~2 s; 80 copies of the demo films take far longer to decode
     assert proc.poll() is None, "the shard finished before it could be killed"

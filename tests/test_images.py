@@ -289,5 +289,26 @@ def test_shard_where_every_film_fails_still_writes_both_outputs(tmp_path: Path):
 def test_manifest_without_label_columns_is_refused(tmp_path: Path):
     manifest = make_manifest(tmp_path).drop(columns=["Edema"])
     with pytest.raises(ValueError, match="Edema"):
-        process_shard(manifest, tmp_path / "s.h5", tmp_path / "r.csv")
+        process_shard(manifest, tmp_path / "s.h5", tmp_path / "r.csv", size=32)
     assert not (tmp_path / "s.h5").exists()
+
+
+def test_convert_shard_takes_its_block_of_the_manifest_at_the_configured_size(tmp_path: Path):
+    """The images stage: shard k of n is the k-th contiguous block, so gathering the shards
+    in order gives the manifest's order; the stored size is images.size."""
+    from chexdino.config import ImagesConfig
+    from chexdino.images import convert_shard
+
+    manifest = make_manifest(tmp_path)
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    cfg = ImagesConfig.from_section({"size": 48, "shards": 3})
+    seen = []
+    for k in (1, 2, 3):
+        counts = convert_shard(tmp_path / "manifest.csv", (k, 3), tmp_path / f"{k}.h5",
+                               tmp_path / f"{k}.csv", cfg)
+        assert counts["input"] == len(range(7)[(k - 1) * 7 // 3:k * 7 // 3])
+        assert load_cxr_array(tmp_path / f"{k}.h5").shape[1:] == (48, 48)
+        kept = read_meta(tmp_path / f"{k}.h5")["dicom_id"].tolist()
+        rejected = pd.read_csv(tmp_path / f"{k}.csv", dtype=str)["dicom_id"].tolist()
+        seen += sorted(kept + rejected)
+    assert seen == manifest["dicom_id"].tolist()

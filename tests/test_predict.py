@@ -14,8 +14,9 @@ import yaml
 from PIL import Image
 
 from chexdino.cli import main
+from chexdino.config import EvaluateConfig, ImagesConfig, SelectConfig
 from chexdino.errors import ChexdinoError
-from chexdino.evaluate import evaluate_store
+from chexdino.evaluate import Scoring, evaluate_store
 from chexdino.images import process_shard
 from chexdino.model import build_model
 from chexdino.predict import PredictSettings, collect_files, default_config, merge_configs
@@ -33,15 +34,15 @@ def scored_demo(small_demo, tmp_path_factory):
     m = root / "mimic"
     manifest, _ = select_mimic(
         m / "mimic-cxr-2.0.0-split.csv.gz", m / "mimic-cxr-2.0.0-metadata.csv.gz",
-        m / "mimic-cxr-2.0.0-chexpert.csv.gz", m, m, ".dcm", ["PA", "AP"], "exclude",
-        ["train", "validate", "test"], None)
-    process_shard(manifest, tmp / "cxr.h5", tmp / "image_rejects.csv")
+        m / "mimic-cxr-2.0.0-chexpert.csv.gz", m, m, ".dcm", SelectConfig.from_section())
+    process_shard(manifest, tmp / "cxr.h5", tmp / "image_rejects.csv",
+                  ImagesConfig.from_section().size)
     torch.manual_seed(0)
     cfg = {"embed_dim": 32, "init_temperature": 0.07, "max_logit_scale": 100.0,
-           "vision": {"name": "vit_base_patch16_dinov3", "random_init": True,
+           "vision": {"name": "vit_base_patch16_dinov3", "weights": None, "random_init": True,
                       "overrides": {"embed_dim": 48, "depth": 2, "num_heads": 3,
                                     "init_values": 1.0}},
-           "text": {"name": "ViT-B-32-quickgelu", "random_init": True,
+           "text": {"name": "ViT-B-32-quickgelu", "weights": None, "random_init": True,
                     "overrides": {"width": 32, "heads": 2, "layers": 1}}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -50,8 +51,9 @@ def scored_demo(small_demo, tmp_path_factory):
     ckpt.parent.mkdir()
     torch.save({"step": 1, "model": model.state_dict(), "model_config": model.cfg.to_dict(),
                 "val": {}}, ckpt)
-    evaluate_store([ckpt], tmp / "cxr.h5", tmp / "eval", EVAL, input_size=48,
-                   device_name="cpu", precision="fp32", batch_size=16)
+    evaluate_store([ckpt], tmp / "cxr.h5", tmp / "eval",
+                   EvaluateConfig.from_section({**EVAL, "batch_size": 16}),
+                   Scoring(48, "fp32", "cpu"))
     run_config = {"images": {"size": 320}, "train": {"input_size": 48}, "evaluate": EVAL}
     (tmp / "run_config.yaml").write_text(yaml.safe_dump(run_config))
     return tmp, manifest, ckpt

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from chexdino import LABELS, h5store
+from chexdino.config import EvaluateConfig
 from chexdino.retrieval import recall_table, retrieval_ranks, score_retrieval
 from chexdino.tokens import _write_tokens, tokenize
 from chexdino.transforms import eval_transform
@@ -78,10 +79,10 @@ def test_stage_scores_studies_against_distinct_reports(tmp_path, tiny_model_cfg)
         warnings.simplefilter("ignore")
         model = build_model(tiny_model_cfg).eval()
     ckpt = tmp_path / "best.pt"
-    torch.save({"step": 1, "model": model.state_dict(), "model_config": model.cfg.to_dict()},
-               ckpt)
+    torch.save({"step": 1, "model": model.state_dict(), "model_config": model.cfg.to_dict(),
+                "input_size": 32, "precision": "fp32", "device": "cpu"}, ckpt)
     table = score_retrieval(ckpt, tmp_path / "cxr.h5", tmp_path / "tokens.h5", tmp_path / "out",
-                            input_size=32, device_name="cpu", precision="fp32", n_bootstrap=50)
+                            EvaluateConfig.from_section({"bootstrap": 50}))
 
     # The same numbers from first principles: per-study mean embedding, distinct texts.
     keep = meta[(meta["split"] == "test") & has_text].copy()

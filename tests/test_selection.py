@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from chexdino import LABELS
+from chexdino.config import SelectConfig
 from chexdino.errors import ConfigError
 from chexdino.selection import (
     mimic_studies,
@@ -20,7 +21,8 @@ from chexdino.selection import (
 def run_select(root, **kw):
     m = root / "mimic"
     return select_mimic(m / "mimic-cxr-2.0.0-split.csv.gz", m / "mimic-cxr-2.0.0-metadata.csv.gz",
-                        m / "mimic-cxr-2.0.0-chexpert.csv.gz", m, m, ".dcm", **kw)
+                        m / "mimic-cxr-2.0.0-chexpert.csv.gz", m, m, ".dcm",
+                        SelectConfig.from_section(kw))
 
 
 def test_frontal_selection_accounts_for_every_record(small_demo):
@@ -58,7 +60,7 @@ def test_labels_join_by_study_and_column_name(small_demo, tmp_path):
     shuffled.to_csv(path, index=False)
     a, _ = run_select(root)
     b, _ = select_mimic(m / "mimic-cxr-2.0.0-split.csv.gz", m / "mimic-cxr-2.0.0-metadata.csv.gz",
-                        path, m, m, ".dcm")
+                        path, m, m, ".dcm", SelectConfig.from_section())
     pd.testing.assert_frame_equal(a, b)
     row = a.iloc[0]
     truth = labels.set_index("study_id").loc[row.study_id, "Cardiomegaly"]
@@ -80,7 +82,7 @@ def test_max_images_rejects_the_rest_with_reason(small_demo, tmp_path):
 def test_missing_table_names_the_key(tmp_path):
     with pytest.raises(ConfigError, match="mimic.split_csv: file not found"):
         select_mimic(tmp_path / "nope.csv.gz", tmp_path / "m", tmp_path / "c", tmp_path,
-                     tmp_path)
+                     tmp_path, ".jpg", SelectConfig.from_section())
 
 
 def test_chexpert_test_layout(small_demo):
@@ -103,6 +105,7 @@ def test_study_table_lists_every_study_of_the_split_table_whatever_the_views(sma
     assert sorted(studies["study_id"]) == sorted(split["study_id"].unique())
     manifest, _ = select_mimic(m / "mimic-cxr-2.0.0-split.csv.gz",
                                m / "mimic-cxr-2.0.0-metadata.csv.gz",
-                               m / "mimic-cxr-2.0.0-chexpert.csv.gz", m, m, views=["PA"])
+                               m / "mimic-cxr-2.0.0-chexpert.csv.gz", m, m, ".jpg",
+                               SelectConfig.from_section({"views": ["PA"]}))
     by_study = studies.set_index("study_id")["report_path"]
     assert (manifest["report_path"] == manifest["study_id"].map(by_study)).all()

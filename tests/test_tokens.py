@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from chexdino import LABELS, h5store
+from chexdino.config import ReportsConfig
 from chexdino.tokens import build_tokens, read_tokens, tokenize
 
 SOT, EOT = 49406, 49407
@@ -32,7 +33,8 @@ def test_tokens_follow_image_rows_and_studies(tmp_path):
     pd.DataFrame({"study_id": ["2", "1"], "impression": ["Cardiomegaly.", "No effusion."],
                   "impression_source": ["impression", "findings"]}).to_csv(impressions,
                                                                             index=False)
-    counts = build_tokens(cxr, impressions, tmp_path / "tokens.h5")
+    counts = build_tokens(cxr, impressions, tmp_path / "tokens.h5",
+                          ReportsConfig.from_section())
     tokens, has_text = read_tokens(tmp_path / "tokens.h5")
     assert counts == {"rows": 4, "with_text": 3, "without_text": 1}
     assert has_text.tolist() == [True, True, True, False]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import warnings
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -13,8 +12,9 @@ import pandas as pd
 import pytest
 import torch
 
+from chexdino.config import ModelConfig, PromptConfig, TrainConfig
 from chexdino.data import batch_indices
-from chexdino.train import RESUME_EXIT_CODE, TrainConfig, Trainer
+from chexdino.train import RESUME_EXIT_CODE, Trainer
 
 
 def train_cfg(**over):
@@ -30,7 +30,8 @@ def make_trainer(store, out_dir, model_cfg, **over) -> Trainer:
     cxr, tokens = store
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return Trainer(cxr, tokens, out_dir, model_cfg, train_cfg(**over), {"bootstrap": 0})
+        return Trainer(cxr, tokens, out_dir, ModelConfig.from_section(model_cfg),
+                       TrainConfig.from_section(train_cfg(**over)), PromptConfig.from_section())
 
 
 def final_weights(out_dir):
@@ -205,7 +206,8 @@ def test_normalisation_is_used_in_training_and_validation_and_recorded(
     tiny_store, tmp_path, tiny_model_cfg
 ):
     """Same seed, same data: only train.normalize differs, so the validation of the same
-    initial weights and the trained weights differ; best.pt records the setting."""
+    initial weights and the trained weights differ; best.pt records the setting, with the
+    input size, precision and device evaluation uses."""
     val_loss = {}
     for normalize in ("clip", "imagenet"):
         settings = {"steps": 2, "val_every": 2, "ckpt_every": 2, "normalize": normalize}
@@ -215,6 +217,8 @@ def test_normalisation_is_used_in_training_and_validation_and_recorded(
         make_trainer(tiny_store, tmp_path / normalize, tiny_model_cfg, **settings).run()
         best = final_weights(tmp_path / normalize)
         assert best["normalize"] == normalize
+        # what evaluation needs travels with the weights (train_cfg: 32 px, fp32, cpu)
+        assert (best["input_size"], best["precision"], best["device"]) == (32, "fp32", "cpu")
         step = torch.load(tmp_path / normalize / "checkpoints" / "step_0000002.pt",
                           weights_only=True)
         assert step["normalize"] == step["train_config"]["normalize"] == normalize
@@ -226,13 +230,11 @@ def test_normalisation_is_used_in_training_and_validation_and_recorded(
 
 def test_compile_auto_takes_cuda_graphs_on_a_gpu_and_eager_on_a_cpu():
     """The shipped default compiles with CUDA graphs on a GPU and stays eager on a CPU."""
-    import yaml
-
-    shipped = yaml.safe_load((Path(__file__).parents[1] / "config.yaml").read_text())["train"]
-    cfg = TrainConfig(**shipped)
+    section = TrainConfig.from_section
+    cfg = section()
     assert cfg.compile_mode_on(torch.device("cuda")) == "reduce-overhead"
     assert cfg.compile_mode_on(torch.device("cpu")) is None
-    assert TrainConfig(compile=True).compile_mode_on(torch.device("cpu")) == "default"
-    assert TrainConfig(compile=True, compile_mode="max-autotune").compile_mode_on(
+    assert section({"compile": True}).compile_mode_on(torch.device("cpu")) == "default"
+    assert section({"compile": True, "compile_mode": "max-autotune"}).compile_mode_on(
         torch.device("cuda")) == "max-autotune"
-    assert TrainConfig(compile=False).compile_mode_on(torch.device("cuda")) is None
+    assert section({"compile": False}).compile_mode_on(torch.device("cuda")) is None

@@ -53,7 +53,7 @@ def test_eval_transform_equals_torchvision_resize_normalize():
 
 
 def test_crop_boxes_follow_random_resized_crop_rule():
-    cfg = AugmentConfig(224, (0.9, 1.0))
+    cfg = AugmentConfig(224, (0.9, 1.0), hflip=0.5, normalize="clip")
     boxes = sample_crop_boxes(4000, 320, 320, cfg, torch.Generator().manual_seed(1))
     top, left, h, w = boxes.T
     area = h * w / (320 * 320)
@@ -79,7 +79,7 @@ def _tv_params():
 
 def test_full_crop_without_flip_is_a_plain_resize():
     images = smooth_images(3)
-    cfg = AugmentConfig(224, (1.0, 1.0), crop_ratio=(1.0, 1.0), hflip=0.0)
+    cfg = AugmentConfig(224, (1.0, 1.0), crop_ratio=(1.0, 1.0), hflip=0.0, normalize="clip")
     ours = train_transform(images, cfg, torch.Generator().manual_seed(0))
     ref = reference_val(images, 224)
     # grid_sample's bicubic has no antialias filter; on smooth films the two agree closely.
@@ -88,8 +88,8 @@ def test_full_crop_without_flip_is_a_plain_resize():
 
 def test_flip_mirrors_exactly():
     images = smooth_images(3)
-    keep = AugmentConfig(224, (1.0, 1.0), crop_ratio=(1.0, 1.0), hflip=0.0)
-    flip = AugmentConfig(224, (1.0, 1.0), crop_ratio=(1.0, 1.0), hflip=1.0)
+    keep = AugmentConfig(224, (1.0, 1.0), crop_ratio=(1.0, 1.0), hflip=0.0, normalize="clip")
+    flip = AugmentConfig(224, (1.0, 1.0), crop_ratio=(1.0, 1.0), hflip=1.0, normalize="clip")
     a = train_transform(images, keep, torch.Generator().manual_seed(0))
     b = train_transform(images, flip, torch.Generator().manual_seed(0))
     assert torch.allclose(a.flip(-1), b, atol=1e-5)
@@ -98,7 +98,7 @@ def test_flip_mirrors_exactly():
 def test_train_statistics_match_torchvision_pipeline():
     """Per-image mean and std after augmentation match torchvision's spec transform."""
     images = smooth_images(64, seed=3)
-    cfg = AugmentConfig(224, (0.9, 1.0), hflip=0.5)
+    cfg = AugmentConfig(224, (0.9, 1.0), hflip=0.5, normalize="clip")
     ours = train_transform(images, cfg, torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     ref_t = v2.Compose([
@@ -120,7 +120,7 @@ def test_train_statistics_match_torchvision_pipeline():
 
 def test_same_generator_seed_same_output():
     images = smooth_images(4)
-    cfg = AugmentConfig(96)
+    cfg = AugmentConfig(96, (0.9, 1.0), hflip=0.5, normalize="clip")
     a = train_transform(images, cfg, torch.Generator().manual_seed(7))
     b = train_transform(images, cfg, torch.Generator().manual_seed(7))
     assert torch.equal(a, b)

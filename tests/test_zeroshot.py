@@ -10,7 +10,6 @@ import torch
 
 from chexdino import LABELS
 from chexdino.zeroshot import (
-    DEFAULT_PROMPT_OVERRIDES,
     class_embeddings,
     ensemble_probabilities,
     prompt_pairs,
@@ -64,14 +63,22 @@ def test_prompt_pairs_lowercase_and_chexzero_default() -> None:
     assert multi["Edema"] == (["edema", "findings of edema"], ["no edema", "no evidence of edema"])
 
 
+def shipped_pairs(labels):
+    """``prompt_pairs`` with config.yaml's templates and overrides (stated only there)."""
+    from chexdino.config import EvaluateConfig
+    from chexdino.evaluate import prompt_settings
+
+    return prompt_pairs(labels, **prompt_settings(EvaluateConfig.from_section().prompts))
+
+
 def test_no_finding_override_fixes_chexzero_bug() -> None:
-    pos, neg = prompt_pairs(LABELS)["No Finding"]
+    pos, neg = shipped_pairs(LABELS)["No Finding"]
     assert "no no finding" not in neg and "no finding" not in pos
     assert not any(n.startswith("no ") for n in neg)  # negative describes an abnormal study
-    assert pos == [p.lower() for p in DEFAULT_PROMPT_OVERRIDES["No Finding"][0]]
-    assert "no acute cardiopulmonary process" in pos
-    assert "acute cardiopulmonary process" in neg
-    # the config can switch the fix off (CheXzero behaviour) or replace it
+    assert pos == ["no acute cardiopulmonary process"]
+    assert neg == ["acute cardiopulmonary process"]
+    assert shipped_pairs(["Edema"]) == prompt_pairs(["Edema"])  # the templates are CheXzero's
+    # without overrides: CheXzero's behaviour; the config may replace the fix
     assert prompt_pairs(["No Finding"], overrides={})["No Finding"] == (
         ["no finding"],
         ["no no finding"],
@@ -104,7 +111,7 @@ def test_class_embeddings_encode_once_average_and_renormalise() -> None:
     pairs = {
         "Edema": (["edema", "findings of edema"], ["no edema"]),
         "Edema again": (["edema"], ["no edema"]),
-        "No Finding": prompt_pairs(["No Finding"])["No Finding"],
+        "No Finding": shipped_pairs(["No Finding"])["No Finding"],
     }
     pos, neg = class_embeddings(encode_text, pairs)
     assert len(calls) == 1 and len(calls[0]) == len(set(calls[0])) == 5

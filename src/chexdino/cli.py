@@ -37,11 +37,6 @@ def parse_shard(text: str) -> tuple[int, int]:
     return int(k), int(n)
 
 
-def shard_rows(n_rows: int, k: int, n: int) -> slice:
-    """Contiguous block ``k`` of ``n`` (1-based), so gathering in order keeps manifest order."""
-    return slice((k - 1) * n_rows // n, k * n_rows // n)
-
-
 @command("demo-data")
 def cmd_demo_data(a: argparse.Namespace) -> None:
     from chexdino.demo import make_demo_dataset
@@ -53,13 +48,12 @@ def cmd_demo_data(a: argparse.Namespace) -> None:
 
 @command("select-mimic")
 def cmd_select_mimic(a: argparse.Namespace) -> None:
+    from chexdino.config import SelectConfig
     from chexdino.selection import select_mimic, write_manifest
 
-    sel = _json(a.select)
     manifest, rejects = select_mimic(
         Path(a.split), Path(a.metadata), Path(a.chexpert), Path(a.image_root),
-        Path(a.report_root), a.image_suffix, sel["views"], sel["missing_view"], sel["splits"],
-        sel.get("max_images"))
+        Path(a.report_root), a.image_suffix, SelectConfig.from_section(_json(a.select)))
     write_manifest(manifest, rejects, Path(a.manifest), Path(a.rejects))
     log.info("selected %d images, rejected %d records", len(manifest), len(rejects))
 
@@ -75,16 +69,12 @@ def cmd_select_chexpert(a: argparse.Namespace) -> None:
 
 @command("images")
 def cmd_images(a: argparse.Namespace) -> None:
-    from chexdino.images import process_shard
-    from chexdino.selection import read_manifest
+    from chexdino.config import ImagesConfig
+    from chexdino.images import convert_shard
 
-    manifest = read_manifest(Path(a.manifest))
-    k, n = a.shard
-    part = manifest.iloc[shard_rows(len(manifest), k, n)].reset_index(drop=True)
-    limit = {"max_frame_pixels": a.max_frame_pixels} if a.max_frame_pixels else {}
-    counts = process_shard(part, Path(a.out), Path(a.rejects), size=a.size, threads=a.threads,
-                           **limit)
-    log.info("shard %d of %d: %s", k, n, counts)
+    counts = convert_shard(Path(a.manifest), a.shard, Path(a.out), Path(a.rejects),
+                           ImagesConfig.from_section(_json(a.images)), a.threads)
+    log.info("shard %d of %d: %s", *a.shard, counts)
 
 
 @command("gather")
@@ -98,27 +88,25 @@ def cmd_gather(a: argparse.Namespace) -> None:
 
 @command("impressions")
 def cmd_impressions(a: argparse.Namespace) -> None:
-    from chexdino.impressions import extract_impressions, impression_summary
-    from chexdino.selection import mimic_studies
+    from chexdino.impressions import write_impressions
 
-    studies = mimic_studies(Path(a.split), Path(a.report_root))
-    impressions, rejects = extract_impressions(studies)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    impressions.to_csv(a.out, index=False)
-    rejects.to_csv(a.rejects, index=False)
-    log.info("impressions: %s", json.dumps(impression_summary(impressions, rejects)))
+    counts = write_impressions(Path(a.split), Path(a.report_root), Path(a.out), Path(a.rejects))
+    log.info("impressions: %s", json.dumps(counts))
 
 
 @command("tokens")
 def cmd_tokens(a: argparse.Namespace) -> None:
+    from chexdino.config import ReportsConfig
     from chexdino.tokens import build_tokens
 
-    counts = build_tokens(Path(a.cxr), Path(a.impressions), Path(a.out), a.context_length)
+    counts = build_tokens(Path(a.cxr), Path(a.impressions), Path(a.out),
+                          ReportsConfig.from_section(_json(a.reports)))
     log.info("tokens: %s", counts)
 
 
 @command("train")
 def cmd_train(a: argparse.Namespace) -> None:
+    from chexdino.config import ModelConfig, PromptConfig, TrainConfig
     from chexdino.distributed import launch_command
     from chexdino.train import train
 
@@ -128,8 +116,10 @@ def cmd_train(a: argparse.Namespace) -> None:
         log.info("starting %d x %d training processes: %s", a.nodes, a.nproc, launch[0])
         os.execvp(launch[0], launch)
 
-    result = train(Path(a.cxr), Path(a.tokens), Path(a.out_dir), _json(a.model), _json(a.train),
-                   _json(a.evaluate))
+    result = train(Path(a.cxr), Path(a.tokens), Path(a.out_dir),
+                   ModelConfig.from_section(_json(a.model)),
+                   TrainConfig.from_section(_json(a.train)),
+                   PromptConfig.from_section(_json(a.evaluate)))
     log.info("training finished: %s", result)
 
 
@@ -142,42 +132,26 @@ def cmd_plot_training(a: argparse.Namespace) -> None:
 
 @command("evaluate")
 def cmd_evaluate(a: argparse.Namespace) -> None:
-    from chexdino.evaluate import ensemble_members, evaluate_store
+    from chexdino.config import EvaluateConfig
+    from chexdino.evaluate import evaluate_model
 
-    cfg = _json(a.evaluate)
-    top_k = cfg.get("ensemble_top_k", 1)
-    load = None
-    if Path(a.model).is_dir():  # an exported or any open_clip model folder, scored alone
-        from chexdino.export import folder_input_size
-        from chexdino.predict import load_model
-
-        members = [Path(a.model)]
-        if a.input_size == 0:  # the folder's own input size
-            a.input_size = folder_input_size(Path(a.model))
-
-        def load(path: Path, device):
-            return load_model(path, device, a.input_size)
-    elif top_k > 1:
-        if not a.checkpoints:
-            raise ChexdinoError("evaluate.ensemble_top_k > 1 needs --checkpoints (the run's "
-                                "checkpoints.json)")
-        members = ensemble_members(Path(a.checkpoints), top_k)
-    else:
-        members = [Path(a.model)]
-    evaluate_store(members, Path(a.cxr), Path(a.out_dir), cfg, a.input_size,
-                   split=a.split or None, device_name=a.device, precision=a.precision,
-                   batch_size=cfg.get("batch_size", 256), load=load)
+    evaluate_model(Path(a.model), Path(a.cxr), Path(a.out_dir),
+                   EvaluateConfig.from_section(_json(a.evaluate)), split=a.split or None,
+                   checkpoints_json=Path(a.checkpoints) if a.checkpoints else None,
+                   precision=a.precision or None, device=a.device or None)
 
 
 @command("summarize")
 def cmd_summarize(a: argparse.Namespace) -> None:
+    from chexdino.config import ReportConfig
     from chexdino.dataset_summary import plot_dataset, summarize_dataset, write_summary
 
     summary, rejects = summarize_dataset(
         Path(a.manifest), Path(a.select_rejects), Path(a.cxr), Path(a.image_rejects),
         Path(a.impressions), Path(a.report_rejects), Path(a.tokens))
     write_summary(summary, rejects, Path(a.out), Path(a.rejects))
-    plot_dataset(summary, Path(a.figure), Path(a.cxr), a.sample_images == "True")
+    report = ReportConfig.from_section(_json(a.report))
+    plot_dataset(summary, Path(a.figure), Path(a.cxr), report.sample_images)
     print(json.dumps(summary, indent=2))
 
 
@@ -193,43 +167,17 @@ def cmd_run_summary(a: argparse.Namespace) -> None:
 
 @command("scorecard")
 def cmd_scorecard(a: argparse.Namespace) -> None:
-    import pandas as pd
+    from chexdino.evaluate import scorecard_text
 
-    from chexdino.scorecard import format_table
-
-    summaries = sorted(Path(a.results).glob("eval/*/summary.json"))
-    if not summaries:
-        raise ChexdinoError(f"no eval/*/summary.json under {a.results}: run the workflow first")
-    for path in summaries:
-        table = pd.read_csv(path.with_name("auroc.csv"), keep_default_na=False,
-                            na_values=[""])
-        print(f"\n== zero-shot scorecard: {path.parent.name} ==")
-        summary = json.loads(path.read_text())
-        print(format_table(table, summary.get("headline", summary)))
-        retrieval = path.with_name("retrieval.csv")
-        if retrieval.is_file():
-            from chexdino.retrieval import format_recall
-
-            print(f"\n== retrieval (study level): {path.parent.name} ==")
-            print(format_recall(pd.read_csv(retrieval)))
+    print(scorecard_text(Path(a.results)))
 
 
 @command("predict")
 def cmd_predict(a: argparse.Namespace) -> None:
-    from chexdino.export import exported_settings, is_exported
-    from chexdino.predict import PredictSettings, default_config, merge_configs, predict_files
+    from chexdino.predict import predict_files, predict_settings
 
-    if is_exported(Path(a.model)) and not a.config:
-        log.info("settings from %s/open_clip_config.json", a.model)
-        settings = PredictSettings.from_exported(exported_settings(Path(a.model)))
-    else:
-        configs = [Path(c) for c in a.config] or [default_config(Path(a.model))]
-        log.info("settings from %s", ", ".join(map(str, configs)))
-        settings = PredictSettings.from_config(merge_configs(configs))
-    if a.labels:
-        settings.labels = list(a.labels)
-    settings.device = a.device or settings.device
-    settings.precision = a.precision or settings.precision
+    settings = predict_settings(Path(a.model), [Path(c) for c in a.config], a.labels,
+                                a.device or None, a.precision or None)
     out = Path(a.out)
     rejects = Path(a.rejects) if a.rejects else out.with_name(f"{out.stem}_rejects.csv")
     counts = predict_files(Path(a.model), [Path(f) for f in a.files], settings, out, rejects,
@@ -250,12 +198,11 @@ def cmd_export(a: argparse.Namespace) -> None:
 
 @command("retrieval")
 def cmd_retrieval(a: argparse.Namespace) -> None:
+    from chexdino.config import EvaluateConfig
     from chexdino.retrieval import score_retrieval
 
-    cfg = _json(a.evaluate)
-    score_retrieval(Path(a.model), Path(a.cxr), Path(a.tokens), Path(a.out_dir), a.split,
-                    a.input_size, a.device, a.precision, cfg.get("batch_size", 256),
-                    cfg.get("bootstrap", 1000), cfg.get("seed", 0))
+    score_retrieval(Path(a.model), Path(a.cxr), Path(a.tokens), Path(a.out_dir),
+                    EvaluateConfig.from_section(_json(a.evaluate)), a.split)
 
 
 @command("compare-published")
@@ -302,13 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("images", help="stage 2: decode one shard of images into HDF5")
     s.add_argument("--manifest", required=True)
+    s.add_argument("--images", required=True, help="the images: section as JSON")
     s.add_argument("--shard", type=parse_shard, default=(1, 1))
-    s.add_argument("--size", type=int, default=320)
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--out", required=True)
     s.add_argument("--rejects", required=True)
-    s.add_argument("--max-frame-pixels", type=int, default=None,
-                   help="reject films whose header claims more pixels (default 100,000,000)")
 
     s = sub.add_parser("gather", help="stage 2: concatenate shard stores in order")
     s.add_argument("--shards", nargs="+", required=True)
@@ -321,9 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument(f"--{arg}", required=True)
 
     s = sub.add_parser("tokens", help="stage 3: CLIP BPE tokens row-aligned with the images")
-    for arg in ("cxr", "impressions", "out"):
+    for arg in ("cxr", "impressions", "reports", "out"):
         s.add_argument(f"--{arg}", required=True)
-    s.add_argument("--context-length", type=int, default=77)
 
     s = sub.add_parser("train", help="stage 4: contrastive training (resumes)")
     for arg in ("cxr", "tokens", "out-dir", "model", "train", "evaluate"):
@@ -347,16 +291,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoints", default="",
                    help="the run's checkpoints.json (for evaluate.ensemble_top_k > 1)")
     s.add_argument("--split", default="")
-    s.add_argument("--input-size", type=int, default=224,
-                   help="model input size; 0 for a model folder's own")
-    s.add_argument("--precision", default="bf16")
-    s.add_argument("--device", default="auto")
+    s.add_argument("--precision", default="",
+                   help="bf16 or fp32 (default: the checkpoint's; a model folder needs it)")
+    s.add_argument("--device", default="",
+                   help="auto, cpu or cuda (default: the checkpoint's; a model folder needs it)")
 
     s = sub.add_parser("summarize", help="stage 6: dataset accounting and figure")
     for arg in ("manifest", "select-rejects", "cxr", "image-rejects", "impressions",
-                "report-rejects", "tokens", "out", "rejects", "figure"):
+                "report-rejects", "tokens", "report", "out", "rejects", "figure"):
         s.add_argument(f"--{arg}", required=True)
-    s.add_argument("--sample-images", default="False")
 
     s = sub.add_parser("run-summary", help="stage 6: landing-page summary and provenance")
     for arg in ("dataset", "checkpoints", "config", "out", "provenance", "config-out"):
@@ -391,9 +334,6 @@ def build_parser() -> argparse.ArgumentParser:
     for arg in ("model", "cxr", "tokens", "evaluate", "out-dir"):
         s.add_argument(f"--{arg}", required=True)
     s.add_argument("--split", default="test")
-    s.add_argument("--input-size", type=int, default=224)
-    s.add_argument("--precision", default="bf16")
-    s.add_argument("--device", default="auto")
 
     s = sub.add_parser("compare-published", help="our scorecard beside published AUROCs")
     for arg in ("auroc", "summary", "published", "out"):

@@ -6,14 +6,22 @@ user fixes a config in one pass instead of one failed cluster job at a time.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import functools
+import json
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import jsonschema
 import yaml
 
 from chexdino.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -87,3 +95,237 @@ def validate_config(config: Mapping[str, Any], schema_path: Path = SCHEMA) -> No
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
         raise ConfigError(f"invalid configuration ({len(problems)} problem(s)):\n{lines}")
+
+
+# --------------------------------------------------------------------------------------
+# typed sections: one object per stage, built from the validated config section
+# --------------------------------------------------------------------------------------
+
+CONFIG = SCHEMA.parents[2] / "config.yaml"
+"""The shipped config.yaml: the one place defaults are stated (the dataclasses have none)."""
+
+
+@functools.cache
+def shipped_config() -> dict[str, Any]:
+    """config.yaml as shipped (the real run's settings)."""
+    return yaml.safe_load(CONFIG.read_text())
+
+
+def shipped_section(name: str) -> dict[str, Any]:
+    """A copy of one section of the shipped config.yaml."""
+    return copy.deepcopy(shipped_config()[name])
+
+
+class Section:
+    """A config section as a typed object: every field comes from config.yaml or the user.
+
+    ``from_section`` fills keys the section leaves out from the shipped config.yaml (a
+    config file that names only what it changes gets the shipped values, as Snakemake's
+    ``--configfile`` overlay does) and refuses keys the section does not have.
+    """
+
+    NAME: ClassVar[str]
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any] | None = None,
+                     defaults: Mapping[str, Any] | None = None, key: str | None = None) -> Self:
+        key = key or cls.NAME
+        given = dict(section or {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(given) - names)
+        if unknown:
+            raise ConfigError(f"{key}: unknown key(s) {unknown}")
+        base = shipped_section(cls.NAME) if defaults is None else dict(defaults)
+        values = {name: given[name] if name in given else base.get(name, _MISSING)
+                  for name in names}
+        missing = sorted(n for n, v in values.items() if v is _MISSING)
+        if missing:
+            raise ConfigError(f"{key}: missing key(s) {missing}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        """The section as the one JSON argument a rule passes to its ``chexdino`` command."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class SelectConfig(Section):
+    """``select:``: which MIMIC-CXR films the manifest keeps."""
+
+    NAME: ClassVar[str] = "select"
+    views: list[str]
+    missing_view: str
+    splits: list[str]
+    max_images: int | None
+
+
+@dataclass(frozen=True)
+class ImagesConfig(Section):
+    """``images:``: the stored film size, the shard count and the decoder's pixel guard."""
+
+    NAME: ClassVar[str] = "images"
+    size: int
+    shards: int
+    max_frame_pixels: int
+
+
+@dataclass(frozen=True)
+class ReportsConfig(Section):
+    """``reports:``: the tokenizer's context length."""
+
+    NAME: ClassVar[str] = "reports"
+    context_length: int
+
+
+@dataclass
+class TowerConfig(Section):
+    """An encoder tower: a named architecture, constructor overrides, optional local weights."""
+
+    name: str
+    weights: str | None
+    random_init: bool
+    overrides: dict[str, Any]
+
+
+@dataclass
+class VisionConfig(TowerConfig):
+    """``model.vision:``: timm model name, constructor overrides, optional local weights."""
+
+    NAME: ClassVar[str] = "vision"
+
+
+@dataclass
+class TextConfig(TowerConfig):
+    """``model.text:``: open_clip model name (its text tower), overrides, local weights."""
+
+    NAME: ClassVar[str] = "text"
+
+
+@dataclass
+class ModelConfig(Section):
+    """``model:``: everything needed to rebuild the model; stored inside every checkpoint."""
+
+    NAME: ClassVar[str] = "model"
+    vision: VisionConfig
+    text: TextConfig
+    embed_dim: int
+    init_temperature: float
+    max_logit_scale: float
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any] | None = None,
+                     defaults: Mapping[str, Any] | None = None,
+                     key: str | None = None) -> ModelConfig:
+        key = key or "model"
+        given = dict(section or {})
+        base = shipped_section("model") if defaults is None else dict(defaults)
+        towers = {name: tower.from_section(given.pop(name, {}), base.get(name, {}),
+                                           f"{key}.{name}")
+                  for name, tower in (("vision", VisionConfig), ("text", TextConfig))}
+        return super().from_section({**given, **towers}, {**base, **towers}, key)
+
+    @classmethod
+    def from_dict(cls, cfg: Mapping[str, Any]) -> ModelConfig:
+        """Rebuild from a checkpoint's ``model_config`` (complete: nothing is filled in)."""
+        return cls.from_section(cfg, defaults={"vision": {}, "text": {}}, key="model_config")
+
+
+@dataclass
+class TrainConfig(Section):
+    """``train:``: optimisation, augmentation, validation, checkpoints and the device."""
+
+    NAME: ClassVar[str] = "train"
+    steps: int
+    batch_size: int
+    optimizer: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    warmup_steps: int
+    schedule: str
+    input_size: int
+    crop_scale: list[float]
+    hflip: float
+    normalize: str
+    val_every: int
+    val_max_images: int
+    ckpt_every: int
+    keep_last: int
+    keep_best: int
+    select_by: str
+    log_every: int
+    precision: str
+    compile: bool | str
+    compile_mode: str
+    data_on_device: str
+    device: str
+    seed: int
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.select_by == "val_auroc"
+
+    def compile_mode_on(self, device: torch.device) -> str | None:
+        """The torch.compile mode this run uses, or None for eager.
+
+        ``auto`` compiles on a GPU (CUDA graphs remove the launch bound: 2,177 vs ~800 img/s
+        on an H200) and stays eager on a CPU, where compiling costs more than it saves.
+        """
+        wanted = self.compile
+        if wanted == "auto":
+            wanted = device.type == "cuda"
+        if not wanted:
+            return None
+        if self.compile_mode == "reduce-overhead" and device.type != "cuda":
+            return "default"  # CUDA graphs need a GPU
+        return self.compile_mode
+
+
+PROMPT_KEYS = ("positive_templates", "negative_templates", "prompt_overrides")
+"""The ``evaluate:`` keys that make the zero-shot prompts (training's validation uses them)."""
+
+
+@dataclass(frozen=True)
+class PromptConfig(Section):
+    """The prompt part of ``evaluate:``: templates and per-label literal prompts."""
+
+    NAME: ClassVar[str] = "evaluate"
+    positive_templates: list[str]
+    negative_templates: list[str]
+    prompt_overrides: dict[str, dict[str, list[str]]] | None
+
+    def overrides(self) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+        """``{label: (positive prompts, negative prompts)}`` replacing the templates."""
+        return {label: (tuple(pair["positive"]), tuple(pair["negative"]))
+                for label, pair in (self.prompt_overrides or {}).items()}
+
+
+@dataclass(frozen=True)
+class EvaluateConfig(PromptConfig):
+    """``evaluate:``: labels, prompts, uncertain-label policy, bootstrap, ensemble, batching."""
+
+    labels: list[str]
+    uncertain: str
+    bootstrap: int
+    seed: int
+    ensemble_top_k: int
+    batch_size: int
+    compile: bool
+
+    @property
+    def prompts(self) -> PromptConfig:
+        return PromptConfig(**{k: getattr(self, k) for k in PROMPT_KEYS})
+
+
+@dataclass(frozen=True)
+class ReportConfig(Section):
+    """``report:``: what the Snakemake report shows."""
+
+    NAME: ClassVar[str] = "report"
+    sample_images: bool

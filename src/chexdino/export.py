@@ -288,7 +288,9 @@ def export_run(model: Path, results: Path, out_dir: Path, landing: Path | None =
     """Export ``model`` with the card built from a finished run's results folder."""
     import yaml
 
+    from chexdino.config import EvaluateConfig, ImagesConfig
     from chexdino.errors import ChexdinoError
+    from chexdino.evaluate import read_scoring
     from chexdino.modelcard import (
         extra_tables,
         landing_block,
@@ -311,11 +313,11 @@ def export_run(model: Path, results: Path, out_dir: Path, landing: Path | None =
     card = model_card(config, training, dataset, run_scorecards(results),
                       {title: f"{note}\n\n{markdown_table(frame)}"
                        for title, (frame, note) in tables.items()})
-    evaluate = dict(config.get("evaluate") or {})
-    settings = {"store_size": config.get("images", {}).get("size", 320),
-                "input_size": config.get("train", {}).get("input_size", 224),
-                "labels": evaluate.get("labels", []), "evaluate": evaluate,
-                "precision": config.get("train", {}).get("precision", "bf16")}
+    scoring = read_scoring(Path(model), config.get("train"))
+    evaluate = EvaluateConfig.from_section(config.get("evaluate"))
+    settings = {"store_size": ImagesConfig.from_section(config.get("images")).size,
+                "input_size": scoring.input_size, "labels": list(evaluate.labels),
+                "evaluate": evaluate.to_dict(), "precision": scoring.precision}
     export_model(Path(model), Path(out_dir), settings, card)
     if landing is not None:
         Path(landing).write_text(landing_block(Path(out_dir), tables))

@@ -26,6 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from chexdino import LABELS
+from chexdino.config import ImagesConfig
 from chexdino.dicom import MAX_FRAME_PIXELS, ReducedFilm, read_dicom, read_dicom_reduced
 from chexdino.errors import ImageReadError
 from chexdino.h5store import write_rejects, write_store
@@ -112,11 +113,28 @@ def _resize_reduced(film: ReducedFilm, size: int) -> np.ndarray:
     return _fit_on_canvas(picture, (cols, rows), size, box)
 
 
+def shard_rows(n_rows: int, k: int, n: int) -> slice:
+    """Contiguous block ``k`` of ``n`` (1-based), so gathering in order keeps manifest order."""
+    return slice((k - 1) * n_rows // n, k * n_rows // n)
+
+
+def convert_shard(manifest_csv: Path, shard: tuple[int, int], out_h5: Path, rejects_csv: Path,
+                  cfg: ImagesConfig, threads: int = 1) -> dict[str, int]:
+    """The images stage: shard ``k`` of ``n`` of the manifest into its store and rejects."""
+    from chexdino.selection import read_manifest
+
+    manifest = read_manifest(Path(manifest_csv))
+    k, n = shard
+    part = manifest.iloc[shard_rows(len(manifest), k, n)].reset_index(drop=True)
+    return process_shard(part, out_h5, rejects_csv, size=cfg.size, threads=threads,
+                         max_frame_pixels=cfg.max_frame_pixels)
+
+
 def process_shard(
     manifest: pd.DataFrame,
     out_h5: Path,
     rejects_csv: Path,
-    size: int = 320,
+    size: int,
     threads: int = 1,
     pool: PoolKind = POOL,
     max_frame_pixels: int = MAX_FRAME_PIXELS,

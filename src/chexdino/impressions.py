@@ -348,3 +348,16 @@ def impression_summary(impressions: pd.DataFrame, rejects: pd.DataFrame) -> dict
         "sources": {s: int(sources.get(s, 0)) for s in IMPRESSION_SOURCES if s != "empty"},
         "reject_reasons": {str(k): int(v) for k, v in Counter(rejects["reason"]).most_common()},
     }
+
+
+def write_impressions(split_csv: Path, report_root: Path, out_csv: Path,
+                      rejects_csv: Path) -> dict[str, Any]:
+    """The impressions stage: every study of the official split table into the impressions
+    table or the reject table; returns :func:`impression_summary`."""
+    from chexdino.selection import mimic_studies
+
+    impressions, rejects = extract_impressions(mimic_studies(Path(split_csv), Path(report_root)))
+    Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
+    impressions.to_csv(out_csv, index=False)
+    rejects.to_csv(rejects_csv, index=False)
+    return impression_summary(impressions, rejects)

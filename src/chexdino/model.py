@@ -11,7 +11,6 @@ import io
 import logging
 import math
 import warnings
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,51 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from chexdino.config import ModelConfig, TextConfig, VisionConfig
 from chexdino.errors import WeightsError
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class VisionConfig:
-    """timm model name, constructor overrides and an optional local weights file."""
-
-    name: str = "vit_base_patch16_dinov3"
-    weights: str | None = None
-    random_init: bool = False
-    overrides: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class TextConfig:
-    """open_clip model name (its text tower is used), overrides and a local weights file."""
-
-    name: str = "ViT-B-32-quickgelu"
-    weights: str | None = None
-    random_init: bool = False
-    overrides: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class ModelConfig:
-    """Everything needed to rebuild the model; stored inside every checkpoint."""
-
-    vision: VisionConfig = field(default_factory=VisionConfig)
-    text: TextConfig = field(default_factory=TextConfig)
-    embed_dim: int = 512
-    init_temperature: float = 0.07
-    max_logit_scale: float = 100.0
-
-    @classmethod
-    def from_dict(cls, cfg: dict[str, Any]) -> ModelConfig:
-        """Build from the ``model:`` section of config.yaml (unknown keys are an error)."""
-        cfg = dict(cfg)
-        vision = VisionConfig(**cfg.pop("vision", {}))
-        text = TextConfig(**cfg.pop("text", {}))
-        return cls(vision=vision, text=text, **cfg)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+__all__ = ["ChexDino", "ModelConfig", "TextConfig", "VisionConfig", "build_model",
+           "contrastive_loss"]
 
 
 class ChexDino(nn.Module):
@@ -112,7 +73,7 @@ def contrastive_loss(
 def build_model(cfg: ModelConfig | dict[str, Any], load_weights: bool = True) -> ChexDino:
     """Build the model; pretrained weights come only from the local files in ``cfg``."""
     if isinstance(cfg, dict):
-        cfg = ModelConfig.from_dict(cfg)
+        cfg = ModelConfig.from_section(cfg)
     return ChexDino(cfg, load_weights=load_weights)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,15 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from chexdino import LABELS, zeroshot
+from chexdino import zeroshot
+from chexdino.config import (
+    PROMPT_KEYS,
+    EvaluateConfig,
+    ImagesConfig,
+    PromptConfig,
+    TrainConfig,
+    shipped_section,
+)
 from chexdino.device import pick_device
 from chexdino.errors import ChexdinoError, ImageReadError
 from chexdino.evaluate import (
@@ -32,7 +40,7 @@ from chexdino.evaluate import (
     prompt_settings,
     text_encoder,
 )
-from chexdino.export import load_model_folder
+from chexdino.export import exported_settings, is_exported, load_model_folder
 from chexdino.images import load_cxr
 from chexdino.tables import PREDICTION_REJECT_COLUMNS
 
@@ -43,31 +51,51 @@ log = logging.getLogger(__name__)
 class PredictSettings:
     """What decides a film's probabilities besides the weights (from the run's config)."""
 
-    store_size: int = 320
-    input_size: int = 224
-    labels: list[str] = field(default_factory=lambda: list(LABELS))
-    evaluate: dict[str, Any] = field(default_factory=dict)
-    precision: str = "bf16"
-    device: str = "auto"
+    store_size: int
+    input_size: int
+    labels: list[str]
+    evaluate: dict[str, Any]
+    precision: str
+    device: str
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> PredictSettings:
-        """``images.size``, ``train.input_size / precision / device`` and ``evaluate:``."""
-        evaluate = dict(config.get("evaluate") or {})
-        train = config.get("train") or {}
-        return cls(store_size=int((config.get("images") or {}).get("size", 320)),
-                   input_size=int(train.get("input_size", 224)),
-                   labels=list(evaluate.get("labels", LABELS)), evaluate=evaluate,
-                   precision=str(train.get("precision", "bf16")),
-                   device=str(train.get("device", "auto")))
+        """``images.size``, ``train.input_size / precision / device`` and ``evaluate:`` (keys
+        a run's config leaves out take config.yaml's values)."""
+        train = TrainConfig.from_section(config.get("train"))
+        evaluate = EvaluateConfig.from_section(config.get("evaluate"))
+        return cls(store_size=ImagesConfig.from_section(config.get("images")).size,
+                   input_size=train.input_size, labels=list(evaluate.labels),
+                   evaluate=evaluate.to_dict(), precision=train.precision, device=train.device)
 
     @classmethod
     def from_exported(cls, section: Mapping[str, Any]) -> PredictSettings:
         """The ``chexdino`` section of an exported folder's ``open_clip_config.json``."""
         prep = section["preprocessing"]
+        precision = section.get("precision") or shipped_section("train")["precision"]
         return cls(store_size=int(prep["store_size"]), input_size=int(prep["input_size"]),
                    labels=list(section["labels"]), evaluate=dict(section.get("evaluate", {})),
-                   precision=str(section.get("precision", "bf16")))
+                   precision=str(precision), device=shipped_section("train")["device"])
+
+
+def predict_settings(model_path: Path, configs: Sequence[Path], labels: Sequence[str] = (),
+                     device: str | None = None, precision: str | None = None
+                     ) -> PredictSettings:
+    """The settings ``chexdino predict`` scores with: an exported folder's own, else the
+    run's config files (default: the results folder's run_config.yaml); ``labels``,
+    ``device`` and ``precision``, when given, replace theirs."""
+    if is_exported(Path(model_path)) and not configs:
+        log.info("settings from %s/open_clip_config.json", model_path)
+        settings = PredictSettings.from_exported(exported_settings(Path(model_path)))
+    else:
+        configs = list(configs) or [default_config(Path(model_path))]
+        log.info("settings from %s", ", ".join(map(str, configs)))
+        settings = PredictSettings.from_config(merge_configs(configs))
+    if labels:
+        settings.labels = list(labels)
+    settings.device = device or settings.device
+    settings.precision = precision or settings.precision
+    return settings
 
 
 def merge_configs(paths: Sequence[Path]) -> dict[str, Any]:
@@ -168,7 +196,9 @@ def predict_files(
     device, precision = pick_device(settings.device), settings.precision
     model = load_model(Path(model_path), device, settings.input_size)
     files, rejects = collect_files(inputs)
-    pairs = zeroshot.prompt_pairs(settings.labels, **prompt_settings(settings.evaluate))
+    prompts = PromptConfig.from_section(
+        {k: v for k, v in settings.evaluate.items() if k in PROMPT_KEYS})
+    pairs = zeroshot.prompt_pairs(settings.labels, **prompt_settings(prompts))
     classes = zeroshot.class_embeddings(text_encoder(model, device, precision), pairs)
     log.info("scoring %d files for %d labels (input %d px) with %s", len(files),
              len(pairs), settings.input_size, model_path)

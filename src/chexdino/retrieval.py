@@ -22,8 +22,9 @@ import pandas as pd
 import torch
 
 from chexdino import h5store, metrics
+from chexdino.config import EvaluateConfig
 from chexdino.device import autocast, pick_device
-from chexdino.evaluate import embed_images, load_checkpoint_model
+from chexdino.evaluate import embed_images, load_checkpoint_model, read_scoring
 from chexdino.provenance import environment
 from chexdino.tokens import read_tokens
 
@@ -113,12 +114,18 @@ def embed_tokens(model, tokens: np.ndarray, device: torch.device, precision: str
 
 
 def score_retrieval(
-    model_path: Path, cxr_h5: Path, tokens_h5: Path, out_dir: Path, split: str = "test",
-    input_size: int = 224, device_name: str = "auto", precision: str = "bf16",
-    batch_size: int = 256, n_bootstrap: int = 1000, seed: int = 0, ks: Sequence[int] = KS,
+    model_path: Path, cxr_h5: Path, tokens_h5: Path, out_dir: Path, cfg: EvaluateConfig,
+    split: str = "test", ks: Sequence[int] = KS,
 ) -> pd.DataFrame:
-    """Embed the split's films and reports, rank both ways, write retrieval.csv and .json."""
-    device = pick_device(device_name)
+    """Embed the split's films and reports, rank both ways, write retrieval.csv and .json.
+
+    Uses ``cfg``'s batch size, bootstrap and seed; the input size, precision and device are
+    the checkpoint's (as at evaluation).
+    """
+    scoring = read_scoring(Path(model_path))
+    input_size, precision = scoring.input_size, scoring.precision
+    batch_size, n_bootstrap, seed = cfg.batch_size, cfg.bootstrap, cfg.seed
+    device = pick_device(scoring.device)
     meta = h5store.read_meta(cxr_h5)
     tokens, has_text = read_tokens(tokens_h5)
     in_split = (meta["split"] == split).to_numpy()

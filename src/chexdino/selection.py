@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from chexdino import LABELS
+from chexdino.config import SelectConfig
 from chexdino.errors import ConfigError
 from chexdino.tables import MANIFEST_COLUMNS, SELECT_REJECT_COLUMNS
 
@@ -48,13 +49,12 @@ def select_mimic(
     chexpert_csv: Path,
     image_root: Path,
     report_root: Path,
-    image_suffix: str = ".jpg",
-    views: Sequence[str] = ("PA", "AP"),
-    missing_view: str = "exclude",
-    splits: Sequence[str] = ("train", "validate", "test"),
-    max_images: int | None = None,
+    image_suffix: str,
+    cfg: SelectConfig,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(manifest, rejects) for MIMIC-CXR; every metadata row lands in exactly one of them."""
+    views, missing_view, splits, max_images = (cfg.views, cfg.missing_view, cfg.splits,
+                                               cfg.max_images)
     if missing_view not in ("exclude", "keep"):
         raise ConfigError(f"select.missing_view: '{missing_view}' is not 'exclude' or 'keep'")
     split = _read_table(split_csv, "mimic.split_csv", ["dicom_id", "study_id", "subject_id",

@@ -13,6 +13,7 @@ import torch
 
 from chexdino import h5store
 from chexdino.atomic import atomic_output
+from chexdino.config import ReportsConfig
 
 
 @lru_cache(maxsize=4)
@@ -29,13 +30,14 @@ def tokenize(texts: Sequence[str], context_length: int = 77) -> torch.Tensor:
 
 
 def build_tokens(
-    cxr_h5: Path, impressions_csv: Path, out_h5: Path, context_length: int = 77
+    cxr_h5: Path, impressions_csv: Path, out_h5: Path, cfg: ReportsConfig
 ) -> dict[str, int]:
     """Tokenise each image row's study impression; rows without text get ``has_text`` False.
 
     One report serves all images of its study, so each impression is tokenised once and
     broadcast to its image rows.
     """
+    context_length = cfg.context_length
     meta = h5store.read_meta(cxr_h5)
     impressions = pd.read_csv(impressions_csv, dtype={"study_id": str}, keep_default_na=False)
     impressions = impressions.drop_duplicates("study_id").set_index("study_id")

@@ -13,7 +13,7 @@ import math
 import signal
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import torch
 
 from chexdino import __version__, h5store
 from chexdino.atomic import atomic_output
+from chexdino.config import ModelConfig, PromptConfig, TrainConfig
 from chexdino.data import ImageBank, batch_indices, step_generator
 from chexdino.device import autocast, pick_device
 from chexdino.distributed import (
@@ -37,7 +38,7 @@ from chexdino.distributed import (
     wrap_data_parallel,
 )
 from chexdino.evaluate import embed_images, validation_auroc
-from chexdino.model import ChexDino, ModelConfig, build_model, contrastive_loss
+from chexdino.model import ChexDino, build_model, contrastive_loss
 from chexdino.provenance import code_fingerprint, environment
 from chexdino.tokens import read_tokens
 from chexdino.transforms import AugmentConfig, apply_augment, augment_params
@@ -55,59 +56,10 @@ RESUME_EXIT_CODE = 75
 """Exit status after a checkpoint written on SIGUSR1/SIGTERM: "rerun me to resume" (EX_TEMPFAIL)."""
 
 
-@dataclass
-class TrainConfig:
-    """The ``train:`` section of config.yaml; defaults are the spec's real run."""
-
-    steps: int = 25_000
-    batch_size: int = 64
-    optimizer: str = "sgd"
-    lr: float = 1e-4
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    schedule: str = "constant"
-    input_size: int = 224
-    crop_scale: list[float] = field(default_factory=lambda: [0.9, 1.0])
-    hflip: float = 0.5
-    normalize: str = "clip"
-    val_every: int = 500
-    val_max_images: int = 5000
-    ckpt_every: int = 500
-    keep_last: int = 2
-    keep_best: int = 3
-    select_by: str = "val_auroc"
-    log_every: int = 50
-    precision: str = "bf16"
-    compile: bool | str = "auto"
-    compile_mode: str = "reduce-overhead"
-    data_on_device: str = "auto"
-    device: str = "auto"
-    seed: int = 0
-
-    @property
-    def augment(self) -> AugmentConfig:
-        return AugmentConfig(self.input_size, tuple(self.crop_scale), hflip=self.hflip,
-                             normalize=self.normalize)
-
-    @property
-    def higher_is_better(self) -> bool:
-        return self.select_by == "val_auroc"
-
-    def compile_mode_on(self, device: torch.device) -> str | None:
-        """The torch.compile mode this run uses, or None for eager.
-
-        ``auto`` compiles on a GPU (CUDA graphs remove the launch bound: 2,177 vs ~800 img/s
-        on an H200) and stays eager on a CPU, where compiling costs more than it saves.
-        """
-        wanted = self.compile
-        if wanted == "auto":
-            wanted = device.type == "cuda"
-        if not wanted:
-            return None
-        if self.compile_mode == "reduce-overhead" and device.type != "cuda":
-            return "default"  # CUDA graphs need a GPU
-        return self.compile_mode
+def augment_config(cfg: TrainConfig) -> AugmentConfig:
+    """The training augmentation the ``train:`` section asks for."""
+    return AugmentConfig(cfg.input_size, tuple(cfg.crop_scale), hflip=cfg.hflip,
+                         normalize=cfg.normalize)
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -176,12 +128,12 @@ def load_split(cxr_h5: Path, tokens_h5: Path, split: str, device: torch.device, 
 class Trainer:
     """One training run writing into ``out_dir``; ``run()`` resumes from its last checkpoint."""
 
-    def __init__(self, cxr_h5: Path, tokens_h5: Path, out_dir: Path, model_cfg: dict[str, Any],
-                 train_cfg: dict[str, Any], eval_cfg: dict[str, Any],
+    def __init__(self, cxr_h5: Path, tokens_h5: Path, out_dir: Path, model_cfg: ModelConfig,
+                 train_cfg: TrainConfig, prompts: PromptConfig,
                  parallel: DataParallelOptions | None = None):
-        self.cfg = TrainConfig(**train_cfg)
-        self.model_cfg = ModelConfig.from_dict(model_cfg)
-        self.eval_cfg = eval_cfg
+        self.cfg = train_cfg
+        self.model_cfg = model_cfg
+        self.prompts = prompts
         self.out_dir = Path(out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.world, self.device = init_world(pick_device(self.cfg.device))
@@ -243,7 +195,8 @@ class Trainer:
         positions = batch_indices(step, len(self.train.bank), self.cfg.batch_size, self.cfg.seed)
         # Augmentation is drawn for the whole global batch, then each rank takes its rows:
         # N processes see exactly the pixels one process would.
-        theta = augment_params(len(positions), *self.train.bank.image_shape, self.cfg.augment,
+        theta = augment_params(len(positions), *self.train.bank.image_shape,
+                               augment_config(self.cfg),
                                step_generator(self.cfg.seed, step))[self.rows]
         positions = positions[self.rows]
         images = self.train.bank.batch(positions)
@@ -344,7 +297,7 @@ class Trainer:
             losses = [contrastive_loss(img[s:s + bs], txt[s:s + bs], scale)
                       for s in range(0, n - bs + 1, bs)]
             val_loss = torch.stack(losses).mean().item() if losses else float("nan")
-            val_auroc = validation_auroc(self.model, img, self.val.labels, self.eval_cfg,
+            val_auroc = validation_auroc(self.model, img, self.val.labels, self.prompts,
                                          self.device, self.cfg.precision)
         self.model.train()
         row = {"step": self.step, "val_loss": val_loss, "val_auroc": val_auroc,
@@ -380,7 +333,8 @@ class Trainer:
     def _weights_payload(self, val: dict[str, Any] | None) -> dict[str, Any]:
         return {"step": self.step, "model": self.model.state_dict(),
                 "model_config": self.model_cfg.to_dict(), "val": val or {},
-                "normalize": self.cfg.normalize, "chexdino_version": __version__}
+                "normalize": self.cfg.normalize, "chexdino_version": __version__,
+                **evaluation_settings(self.cfg)}
 
     def save_checkpoint(self, background: bool = False) -> Path:
         """Full resumable state to ``step_XXXXXXX.pt`` (atomic), then apply retention.
@@ -559,7 +513,13 @@ def _host_copy(payload: Any, device: torch.device) -> tuple[Any, torch.cuda.Even
     return host, done
 
 
-def train(cxr_h5: Path, tokens_h5: Path, out_dir: Path, model_cfg: dict[str, Any],
-          train_cfg: dict[str, Any], eval_cfg: dict[str, Any]) -> dict[str, Any]:
+def evaluation_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """What scoring a checkpoint needs from training, recorded in every checkpoint so that
+    evaluation reads the model file, not the ``train:`` section."""
+    return {"input_size": cfg.input_size, "precision": cfg.precision, "device": cfg.device}
+
+
+def train(cxr_h5: Path, tokens_h5: Path, out_dir: Path, model_cfg: ModelConfig,
+          train_cfg: TrainConfig, prompts: PromptConfig) -> dict[str, Any]:
     """Run (or resume) training; see :class:`Trainer`."""
-    return Trainer(cxr_h5, tokens_h5, out_dir, model_cfg, train_cfg, eval_cfg).run()
+    return Trainer(cxr_h5, tokens_h5, out_dir, model_cfg, train_cfg, prompts).run()

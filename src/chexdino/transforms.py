@@ -28,13 +28,15 @@ NORMALIZATIONS = {"clip": (CLIP_MEAN, CLIP_STD), "imagenet": (IMAGENET_MEAN, IMA
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """The spec's augmentation settings (all config keys under ``train:``)."""
+    """The spec's augmentation settings: ``train.input_size``, ``train.crop_scale``,
+    ``train.hflip`` and ``train.normalize`` (their values are config.yaml's), and
+    RandomResizedCrop's aspect-ratio range, which is not a setting."""
 
-    input_size: int = 224
-    crop_scale: tuple[float, float] = (0.9, 1.0)
+    input_size: int
+    crop_scale: tuple[float, float]
+    hflip: float
+    normalize: str
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    hflip: float = 0.5
-    normalize: str = "clip"
 
 
 def normalize_gray(x: torch.Tensor, normalize: str = "clip") -> torch.Tensor:

@@ -17,27 +17,11 @@ import numpy as np
 import torch
 
 __all__ = [
-    "DEFAULT_PROMPT_OVERRIDES",
     "class_embeddings",
     "ensemble_probabilities",
     "prompt_pairs",
     "zero_shot_probabilities",
 ]
-
-DEFAULT_PROMPT_OVERRIDES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "No Finding": (
-        ("no acute cardiopulmonary process",),
-        ("acute cardiopulmonary process",),
-    ),
-}
-"""Per-label (positive prompts, negative prompts) used instead of the templates.
-
-CheXzero's template pair for "No Finding" was "no finding" / "no no finding", which scored
-AUROC 0.07 (the double negation is meaningless to the text encoder, so the pair ranks
-studies backwards). A normal study is instead described the way radiologists write it in
-MIMIC-CXR impressions ("no acute cardiopulmonary process"), and an abnormal study as its
-affirmative form. Prompts here are literal (no ``{}``); the config may replace this mapping.
-"""
 
 
 def prompt_pairs(
@@ -48,13 +32,13 @@ def prompt_pairs(
 ) -> dict[str, tuple[list[str], list[str]]]:
     """Return ``{label: (positive prompts, negative prompts)}``, lowercased.
 
-    Templates are filled with the lowercased label. ``overrides`` (default
-    :data:`DEFAULT_PROMPT_OVERRIDES`; pass ``{}`` for plain CheXzero behaviour) gives literal
-    prompt lists for specific labels, matched case-insensitively, so a config can fix a label
-    whose templated pair is meaningless (CheXzero's "no no finding").
+    Templates are filled with the lowercased label. ``overrides`` (``evaluate.prompt_overrides``;
+    none gives plain CheXzero behaviour) gives literal prompt lists for specific labels, matched
+    case-insensitively, so a config can fix a label whose templated pair is meaningless:
+    CheXzero's "no finding" / "no no finding" scored AUROC 0.07, the double negation ranking
+    studies backwards; config.yaml describes a normal study as MIMIC-CXR impressions do.
     """
-    if overrides is None:
-        overrides = DEFAULT_PROMPT_OVERRIDES
+    overrides = overrides or {}
     if isinstance(positive, str) or isinstance(negative, str):
         raise TypeError("positive/negative must be sequences of templates, not a single string")
     for kind, templates in (("positive", positive), ("negative", negative)):

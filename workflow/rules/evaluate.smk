@@ -35,18 +35,15 @@ rule evaluate:
     threads: 8
     resources:
         gpu=1,
+    # Input size, precision and device come with the checkpoint (what training used).
     params:
         out_dir=lambda wildcards, output: os.path.dirname(output.summary),
         evaluate=as_json(config["evaluate"]),
-        input_size=config["train"]["input_size"],
-        precision=config["train"]["precision"],
-        device=config["train"]["device"],
         split=lambda wc: "test" if wc.evalset == "mimic_test" else "",
     shell:
         "chexdino evaluate --model {input.model} --checkpoints {input.checkpoints}"
         " --cxr {input.cxr} --split '{params.split}' --evaluate {params.evaluate}"
-        " --input-size {params.input_size} --precision {params.precision}"
-        " --device {params.device} --out-dir {params.out_dir} > {log} 2>&1"
+        " --out-dir {params.out_dir} > {log} 2>&1"
 
 
 # Image-report retrieval (Recall@1/5/10 both ways, study level) on MIMIC-CXR's test split.
@@ -71,19 +68,16 @@ rule retrieval:
     threads: 8
     resources:
         gpu=1,
+    # Only the evaluate keys retrieval reads (other settings do not rerun it); input size,
+    # precision and device come with the checkpoint.
     params:
         out_dir=lambda wildcards, output: os.path.dirname(output.summary),
         evaluate=as_json(
             {k: config["evaluate"][k] for k in ("bootstrap", "seed", "batch_size")}
         ),
-        input_size=config["train"]["input_size"],
-        precision=config["train"]["precision"],
-        device=config["train"]["device"],
     shell:
         "chexdino retrieval --model {input.model} --cxr {input.cxr} --tokens {input.tokens}"
-        " --split test --evaluate {params.evaluate} --input-size {params.input_size}"
-        " --precision {params.precision} --device {params.device}"
-        " --out-dir {params.out_dir} > {log} 2>&1"
+        " --split test --evaluate {params.evaluate} --out-dir {params.out_dir} > {log} 2>&1"
 
 
 # CheXzero's published AUROCs (one data file with their source) beside our CheXpert scorecard.
@@ -132,6 +126,7 @@ rule evaluate_model:
     threads: 8
     resources:
         gpu=1,
+    # The folder brings its input size; it is scored at this run's precision on its device.
     params:
         out_dir=lambda wildcards, output: os.path.dirname(output.summary),
         evaluate=as_json({**config["evaluate"], "ensemble_top_k": 1}),
@@ -140,7 +135,7 @@ rule evaluate_model:
         split=lambda wc: "test" if wc.evalset == "mimic_test" else "",
     shell:
         "chexdino evaluate --model {input.model} --cxr {input.cxr}"
-        " --split '{params.split}' --evaluate {params.evaluate} --input-size 0"
+        " --split '{params.split}' --evaluate {params.evaluate}"
         " --precision {params.precision} --device {params.device}"
         " --out-dir {params.out_dir} > {log} 2>&1"
 

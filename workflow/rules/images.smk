@@ -14,13 +14,11 @@ rule image_shard:
         "../envs/chexdino.yaml"
     threads: 2
     params:
-        size=config["images"]["size"],
-        max_frame_pixels=config["images"]["max_frame_pixels"],
+        images=as_json(config["images"]),
     shell:
         "chexdino images --manifest {input.manifest} --shard {wildcards.scatteritem}"
-        " --size {params.size} --threads {threads} --out {output.h5}"
-        " --rejects {output.rejects} --max-frame-pixels {params.max_frame_pixels}"
-        " > {log} 2>&1"
+        " --images {params.images} --threads {threads} --out {output.h5}"
+        " --rejects {output.rejects} > {log} 2>&1"
 
 
 rule gather_images:

@@ -33,7 +33,7 @@ rule tokens:
     conda:
         "../envs/chexdino.yaml"
     params:
-        context_length=config["reports"]["context_length"],
+        reports=as_json(config["reports"]),
     shell:
         "chexdino tokens --cxr {input.cxr} --impressions {input.impressions}"
-        " --context-length {params.context_length} --out {output} > {log} 2>&1"
+        " --reports {params.reports} --out {output} > {log} 2>&1"

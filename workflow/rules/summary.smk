@@ -28,13 +28,13 @@ rule dataset_summary:
     conda:
         "../envs/chexdino.yaml"
     params:
-        sample_images=config["report"]["sample_images"] if "report" in config else False,
+        report=as_json(config.get("report") or {}),
     shell:
         "chexdino summarize --manifest {input.manifest}"
         " --select-rejects {input.select_rejects} --cxr {input.cxr}"
         " --image-rejects {input.image_rejects} --impressions {input.impressions}"
         " --report-rejects {input.report_rejects} --tokens {input.tokens}"
-        " --sample-images {params.sample_images} --out {output.summary}"
+        " --report {params.report} --out {output.summary}"
         " --rejects {output.rejects} --figure {output.figure} > {log} 2>&1"
 
 
