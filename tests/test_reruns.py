@@ -251,7 +251,7 @@ def test_mimic_sized_config_plans_64_shard_jobs_in_seconds(tmp_path):
         "mimic": {"image_root": str(tmp_path), "report_root": str(tmp_path),
                   "image_suffix": ".jpg", **{k: str(v) for k, v in tables.items()}},
         "chexpert_test": None,
-        "images": {"shards": 64},
+        "images": {"shards": {"mimic": 64}},  # the shipped count, per data set
     })
     t0 = time.perf_counter()
     out = snakemake("-n", "all", "--configfile", "config.yaml", "tests/demo/config.yaml",
