@@ -3,8 +3,9 @@ run Snakemake (:func:`snakemake`) and point a run at the small demo data
 (:func:`write_run_overlay`, :func:`run_configs`).
 
 Tests marked ``slow`` run the workflow end to end (local, SLURM, the report in a browser,
-killed and resumed processes): ``python -m pytest -m "not slow"`` (``make test-fast``) runs the
-rest, ``make test`` everything.
+killed and resumed processes, two trainer processes) or take over ~10 s otherwise:
+``python -m pytest -m "not slow"`` (``make test-fast``) runs the rest, ``make test``
+everything.
 """
 
 from __future__ import annotations

@@ -211,6 +211,26 @@ def test_editing_a_stage_module_reruns_that_stage_and_downstream_only(preprocess
         assert upstream not in edited
 
 
+def test_editing_the_image_module_reruns_the_deleted_shards(preprocessed):
+    """The shards are gone once gathered, yet an edit of the module that makes them still
+    plans every shard again (their records keep the module's checksum), then each gather."""
+    results, configs = preprocessed
+    assert not list(results.glob("*/shards/*.h5"))
+    module = REPO / "src" / "chexdino" / "images.py"
+    source, stat = module.read_bytes(), module.stat()
+    try:
+        module.write_bytes(source + b"\n# an edit\n")
+        edited = planned_jobs(snakemake("-n", "all", *configs))
+    finally:
+        module.write_bytes(source)
+        os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert len(edited["image_shard"]) == 4, edited.get("image_shard")
+    assert all("Updated input files" in r and "images.py" in r for r in edited["image_shard"])
+    assert_reruns_downstream_of_images(edited, datasets=2)
+    for upstream in ("select_mimic", "select_chexpert_test", "impressions"):
+        assert upstream not in edited
+
+
 # --- planning at MIMIC-CXR's size ---------------------------------------------------------
 
 N_IMAGES, N_STUDIES, N_SUBJECTS = 377_110, 227_835, 65_379  # MIMIC-CXR 2.0.0
