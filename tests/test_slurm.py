@@ -387,7 +387,7 @@ def test_training_stops_on_the_slurm_signal_and_the_retry_resumes(slurm_run, clu
     logdir = results / "logs" / "slurm"
     shutil.copytree(slurm_run["results"] / "mimic", results / "mimic")  # train's inputs
     overlay = write_run_overlay(small_demo, results, train={"steps": 60, "val_every": 30,
-                                                         "ckpt_every": 10, "log_every": 1})
+                                                            "ckpt_every": 10, "log_every": 1})
     env = dict(cluster.env, HF_HUB_OFFLINE="1", PATH=path_without_environment(cluster.env["PATH"]))
     cmd = [str(BINDIR / "snakemake"), "--profile", str(PROFILE.relative_to(REPO)),
            str(results / "train" / "best.pt"), *run_configs(overlay), *FAST]
