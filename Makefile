@@ -11,7 +11,7 @@ DEMO_DATA := demo-data
 DEMO_CONFIG := tests/demo/config.yaml
 CORES ?= 2
 
-.PHONY: env demo demo-data test lint clean
+.PHONY: env demo demo-data test test-fast lint clean
 
 env: $(STAMP)
 
@@ -40,6 +40,11 @@ demo: $(DEMO_DATA)/.done
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest -q
+
+# The suite without the end-to-end runs marked slow (workflow, reruns, SLURM, report, faults).
+test-fast: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

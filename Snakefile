@@ -21,6 +21,19 @@ include: "workflow/rules/summary.smk"
 include: "workflow/rules/export.smk"
 
 
+# Jobs of seconds and little memory run in the Snakemake process itself, not as cluster jobs
+# that wait in a queue: plots, summaries, comparison tables, the export and its model card,
+# the 500-row CheXpert test selection. The rest go to SLURM with the profile's requests.
+localrules:
+    all,
+    select_chexpert_test,
+    plot_training,
+    run_summary,
+    compare_published,
+    compare_models,
+    export,
+
+
 rule all:
     default_target: True
     input:

@@ -1,17 +1,33 @@
-"""Shared fixtures: shrunken models of the real architectures, offline."""
+"""Shared fixtures: shrunken models of the real architectures, offline; the one way the tests
+run Snakemake (:func:`snakemake`) and point a run at the small demo data
+(:func:`write_run_overlay`, :func:`run_configs`).
+
+Tests marked ``slow`` run the workflow end to end (local, SLURM, the report in a browser,
+killed and resumed processes, two trainer processes) or take over ~10 s otherwise:
+``python -m pytest -m "not slow"`` (``make test-fast``) runs the rest, ``make test``
+everything.
+"""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from chexdino import LABELS, h5store
 from chexdino.tokens import _write_tokens, tokenize
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+BINDIR = Path(sys.executable).parent  # this environment's scripts: snakemake, chexdino
 
 TINY_MODEL = {
     "embed_dim": 32,
@@ -71,6 +87,59 @@ def demo_run_config(small_demo, results, tiny_training: bool = True) -> dict:
                         "log_every": 1, "input_size": 32}
         cfg["evaluate"] = {"bootstrap": 20}
     return cfg
+
+
+def write_config(path: Path, settings: dict) -> Path:
+    """One YAML config file (an overlay given after the others on ``--configfile``)."""
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+def write_run_overlay(small_demo, results: Path, tiny_training: bool = True,
+                      **changes: dict) -> Path:
+    """The overlay of a run on ``small_demo`` into ``results`` (:func:`demo_run_config`),
+    each of ``changes`` merged into its section; written beside ``results``."""
+    cfg = demo_run_config(small_demo, results, tiny_training)
+    for section, values in changes.items():
+        cfg.setdefault(section, {}).update(values)
+    results.mkdir(parents=True, exist_ok=True)
+    return write_config(results.parent / f"{results.name}.overlay.yaml", cfg)
+
+
+def run_configs(overlay: Path) -> list[str]:
+    """``--configfile`` arguments of a demo run: config.yaml, the demo config, the overlay."""
+    return ["--configfile", "config.yaml", "tests/demo/config.yaml", str(overlay)]
+
+
+def snakemake(*args: str, check: bool = True, cores: int | None = 2, env: dict | None = None,
+              timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run this environment's ``snakemake`` in the repository, output and errors together in
+    ``.stdout``.
+
+    ``env`` defaults to this process's with the environment's folder first on PATH (as
+    ``make`` runs it); HF_HUB_OFFLINE=1 always. Past ``timeout`` seconds Snakemake is stopped
+    with SIGINT (it then cancels its SLURM jobs and exits cleanly) and the test fails; with
+    ``check`` a failed run fails the test with the end of its output.
+    """
+    if env is None:
+        env = dict(os.environ, PATH=f"{BINDIR}{os.pathsep}{os.environ['PATH']}")
+    env = dict(env, HF_HUB_OFFLINE="1")
+    cmd = [str(BINDIR / "snakemake"), *(["--cores", str(cores)] if cores else []), *args]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, _ = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        raise AssertionError(f"{' '.join(cmd)} ran past {timeout} s:\n{out[-8000:]}") from None
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{out[-10000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
 
 
 WORDS = ["cardiomegaly", "pleural effusion", "edema", "consolidation", "atelectasis"]

@@ -70,6 +70,7 @@ def test_world_from_env_reads_torchrun_then_slurm():
         local_slice(World(0, 3), 64)
 
 
+@pytest.mark.slow  # two trainer processes: 13-20 s each
 @pytest.mark.parametrize("strategy", ["ddp", "flat"])
 def test_two_process_gradients_equal_one_process(tiny_store, tmp_path, tiny_model_cfg,
                                                  strategy):
@@ -110,6 +111,7 @@ def test_compiled_two_process_step_equals_the_eager_one(tiny_store, tmp_path, ti
             assert torch.allclose(compiled["grads"][name], grad, atol=1e-4, rtol=1e-3), name
 
 
+@pytest.mark.slow  # two trainer processes: 13-20 s each
 def test_two_process_run_and_resume_across_world_sizes(tiny_store, tmp_path, tiny_model_cfg):
     """A 2-process run checkpoints; 1 process resumes it; weights match a 1-process run."""
     reference = make_trainer(tiny_store, tmp_path / "ref", tiny_model_cfg, steps=6)
@@ -128,6 +130,7 @@ def test_two_process_run_and_resume_across_world_sizes(tiny_store, tmp_path, tin
         assert torch.allclose(resumed.model.state_dict()[name], value, atol=1e-5), name
 
 
+@pytest.mark.slow  # two trainer processes: 13-20 s each
 def test_cli_relaunches_under_torchrun(tiny_store, tmp_path, tiny_model_cfg):
     """``chexdino train --nproc 2`` (what the rule runs for gpu=2) trains with 2 processes."""
     import json

@@ -46,6 +46,7 @@ def _inputs():
     return eval_transform(films, SETTINGS["input_size"]), tokenize(TEXTS)
 
 
+@pytest.mark.slow  # 10 s on a 2-core machine
 def test_open_clip_loads_the_folder_with_the_same_embeddings(tmp_path):
     import open_clip
 
@@ -200,6 +201,7 @@ def test_export_of_a_finished_run_and_predict_through_the_folder(tmp_path, tiny_
     np.testing.assert_allclose(by_folder.to_numpy(), by_ckpt.to_numpy(), rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow  # 20 s on a 2-core machine
 def test_evaluate_scores_exported_and_plain_open_clip_folders_like_the_checkpoint(tmp_path):
     import pandas as pd
 

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,10 +13,10 @@ import pytest
 import torch
 
 from chexdino import h5store
-from conftest import TINY_MODEL, build_tiny_store
+from conftest import BINDIR, TINY_MODEL, build_tiny_store
 from test_train import train_cfg
 
-BIN = Path(sys.executable).parent
+BIN = BINDIR  # this environment's chexdino
 RESUME_EXIT_CODE = 75
 
 

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
-from chexdino.job_env import put_planning_environment_first
-
-BINDIR = Path(sys.executable).parent
+from chexdino.job_env import export_source_folder, put_planning_environment_first
+from conftest import BINDIR, REPO, snakemake
 
 
 def test_the_interpreters_folder_goes_first_when_it_holds_chexdino(tmp_path):
@@ -43,8 +41,21 @@ def test_a_local_job_runs_chexdino_with_the_environment_off_path(tmp_path):
     path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
                            if p and Path(p).resolve() != BINDIR.resolve())
     env = dict(os.environ, PATH=path or "/usr/bin:/bin")
-    run = subprocess.run([str(BINDIR / "snakemake"), "--cores", "1", "-s", str(snakefile),
-                          "-d", str(tmp_path)], env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
+    run = snakemake("-s", str(snakefile), "-d", str(tmp_path), cores=1, env=env, check=False,
+                    timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:]
     assert "usage: chexdino" in (tmp_path / "version.txt").read_text()
+
+
+def test_the_workflow_names_its_source_for_the_conda_post_deploy_script(tmp_path):
+    """environment.post-deploy.sh (run from a copy under .snakemake/conda/) installs chexdino
+    from CHEXDINO_SOURCE, and stops with a clear message when that is not this folder."""
+    env = {}
+    export_source_folder(str(REPO), env)
+    assert env == {"CHEXDINO_SOURCE": str(REPO)}
+    assert (Path(env["CHEXDINO_SOURCE"]) / "pyproject.toml").is_file()
+    script = REPO / "environment.post-deploy.sh"
+    run = subprocess.run(["bash", str(script)], env={"PATH": os.environ["PATH"],
+                         "CHEXDINO_SOURCE": str(tmp_path)}, capture_output=True, text=True)
+    assert run.returncode == 1 and "is not the chexdino folder" in run.stderr
+    assert 'pip install --quiet --no-deps -e "${CHEXDINO_SOURCE}"' in script.read_text()

@@ -23,9 +23,10 @@ from pathlib import Path
 import pytest
 
 from chexdino.provenance import package_versions
+from conftest import snakemake
 
 # The finished demo run of the workflow tests (module fixtures, reused here).
-from test_workflow import finished_run, overlay, snakemake  # noqa: F401
+from test_workflow import finished_run, overlay  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",

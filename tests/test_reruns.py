@@ -12,8 +12,6 @@ from __future__ import annotations
 import gzip
 import os
 import re
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,12 +19,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from chexdino import LABELS
-from conftest import demo_run_config
+from conftest import REPO, run_configs, write_config, write_run_overlay
+from conftest import snakemake as run_snakemake
 
-REPO = Path(__file__).resolve().parents[1]
 PREPROCESSING = ("select_mimic", "select_chexpert_test", "image_shard", "gather_images",
                  "impressions", "tokens", "dataset_summary")
 UPDATED_INPUT = "Input files updated by another job"
@@ -35,15 +32,8 @@ pytestmark = pytest.mark.slow
 
 
 def snakemake(*args: str) -> str:
-    """Run snakemake from the repository; its whole output, or an error that shows it."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    cmd = [str(Path(sys.executable).parent / "snakemake"), "--cores", "2", *args]
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout[-4000:]}\n"
-                             f"{result.stderr[-6000:]}")
-    return result.stdout + result.stderr
+    """Run snakemake from the repository (conftest's runner); its whole output."""
+    return run_snakemake(*args).stdout
 
 
 def planned_jobs(dry_run_output: str) -> dict[str, list[str]]:
@@ -60,18 +50,11 @@ def planned_jobs(dry_run_output: str) -> dict[str, list[str]]:
     return jobs
 
 
-def write_overlay(path: Path, settings: dict) -> Path:
-    path.write_text(yaml.safe_dump(settings))
-    return path
-
-
 @pytest.fixture(scope="module")
 def preprocessed(small_demo, tmp_path_factory) -> tuple[Path, list[str]]:
     """The real preprocessing DAG run once; returns (results dir, config-file arguments)."""
-    results = tmp_path_factory.mktemp("rerun-results")
-    overlay = write_overlay(results / "overlay.yaml",
-                            demo_run_config(small_demo, results, tiny_training=False))
-    configs = ["--configfile", "config.yaml", "tests/demo/config.yaml", str(overlay)]
+    results = tmp_path_factory.mktemp("rerun") / "results"
+    configs = run_configs(write_run_overlay(small_demo, results, tiny_training=False))
     snakemake(str(results / "mimic" / "dataset_summary.json"),
               str(results / "chexpert_test" / "cxr.h5"), *configs)
     return results, configs
@@ -82,6 +65,7 @@ CHANGES = {
     "image_size": {"images": {"size": 256}},
     "views": {"select": {"views": ["PA"]}},
     "context_length": {"reports": {"context_length": 64}},
+    "shard_counts": {"images": {"shards": {"mimic": 3, "chexpert_test": 1}}},
 }
 
 
@@ -94,7 +78,7 @@ def snakemake_answers(preprocessed, tmp_path_factory) -> dict[tuple[str, str], s
     folder = tmp_path_factory.mktemp("changes")
     calls = {}
     for name, change in CHANGES.items():
-        overlay = str(write_overlay(folder / f"{name}.yaml", change))
+        overlay = str(write_config(folder / f"{name}.yaml", change))
         calls[name, "plan"] = ("-n", "all", *configs, overlay)
         calls[name, "params"] = ("--list-changes", "params", *configs, overlay)
     with ThreadPoolExecutor(max_workers=len(calls)) as pool:
@@ -129,9 +113,13 @@ def assert_reruns_downstream_of_images(jobs: dict[str, list[str]], datasets: int
     assert all(UPDATED_INPUT in reason for reason in jobs["evaluate"])
 
 
-def test_unchanged_config_plans_only_the_stages_never_run(snakemake_answers):
+def test_unchanged_config_plans_only_the_stages_never_run(snakemake_answers, preprocessed):
     # the baseline the other tests compare with: preprocessing is up to date, and the model
     # stages are planned for their missing outputs only
+    results, _ = preprocessed
+    # the shards are temporary: gathered, then deleted, and not missed by a rerun
+    assert (results / "mimic" / "cxr.h5").is_file()
+    assert not list(results.glob("*/shards/*")), list(results.glob("*/shards/*"))
     jobs = plan(snakemake_answers, "unchanged")
     assert not set(jobs) & set(PREPROCESSING)
     assert set(jobs) == {"train", "evaluate", "plot_training", "retrieval", "compare_published",
@@ -143,9 +131,11 @@ def test_image_size_reruns_images_and_downstream_but_not_selection_or_reports(
     snakemake_answers, preprocessed
 ):
     jobs = plan(snakemake_answers, "image_size")
-    assert len(jobs["image_shard"]) == 4  # 2 shards x (MIMIC, CheXpert test)
-    assert all(r.startswith("Params have changed") and "320" in r and "256" in r
-               for r in jobs["image_shard"])
+    # 2 shards x (MIMIC, CheXpert test): deleted once gathered, their records still say with
+    # which settings they were made
+    assert len(jobs["image_shard"]) == 4
+    assert all("Params have changed" in r and "320" in r and "256" in r
+               for r in jobs["image_shard"]), jobs["image_shard"]
     assert_reruns_downstream_of_images(jobs, datasets=2)
     for upstream in ("select_mimic", "select_chexpert_test", "impressions"):
         assert upstream not in jobs
@@ -181,6 +171,22 @@ def test_context_length_reruns_tokens_and_downstream_only(snakemake_answers, pre
     assert not {"mimic/shards/1-of-2.h5", "mimic/impressions.csv", "mimic/manifest.csv"} & listed
 
 
+def test_shard_counts_per_data_set_replan_the_images_of_each(snakemake_answers):
+    """``images.shards`` as a mapping: 3 MIMIC shards and 1 CheXpert shard where there were 2
+    and 2; each gather sees its new set of shards, nothing upstream of the images reruns."""
+    out = snakemake_answers["shard_counts", "plan"]
+    jobs = planned_jobs(out)
+    assert len(jobs["image_shard"]) == 4 and len(jobs["gather_images"]) == 2
+    shards = set(re.findall(r"/(\w+)/shards/(\d+-of-\d+)\.h5", out))
+    assert shards == {("mimic", "1-of-3"), ("mimic", "2-of-3"), ("mimic", "3-of-3"),
+                      ("chexpert_test", "1-of-1")}
+    assert all("Set of input files has changed" in r for r in jobs["gather_images"]), \
+        jobs["gather_images"]
+    assert_reruns_downstream_of_images(jobs, datasets=2)
+    for upstream in ("select_mimic", "select_chexpert_test", "impressions"):
+        assert upstream not in jobs
+
+
 def test_editing_a_stage_module_reruns_that_stage_and_downstream_only(preprocessed):
     """Rules declare the chexdino modules they run as inputs: an edit of impressions.py reruns
     the impressions, then tokens and the models, but no image stage. Snakemake compares the
@@ -202,6 +208,26 @@ def test_editing_a_stage_module_reruns_that_stage_and_downstream_only(preprocess
     assert UPDATED_INPUT in edited["tokens"][0] and "impressions.csv" in edited["tokens"][0]
     assert "dataset_summary" in edited and "train" in edited
     for upstream in ("select_mimic", "select_chexpert_test", "image_shard", "gather_images"):
+        assert upstream not in edited
+
+
+def test_editing_the_image_module_reruns_the_deleted_shards(preprocessed):
+    """The shards are gone once gathered, yet an edit of the module that makes them still
+    plans every shard again (their records keep the module's checksum), then each gather."""
+    results, configs = preprocessed
+    assert not list(results.glob("*/shards/*.h5"))
+    module = REPO / "src" / "chexdino" / "images.py"
+    source, stat = module.read_bytes(), module.stat()
+    try:
+        module.write_bytes(source + b"\n# an edit\n")
+        edited = planned_jobs(snakemake("-n", "all", *configs))
+    finally:
+        module.write_bytes(source)
+        os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert len(edited["image_shard"]) == 4, edited.get("image_shard")
+    assert all("Updated input files" in r and "images.py" in r for r in edited["image_shard"])
+    assert_reruns_downstream_of_images(edited, datasets=2)
+    for upstream in ("select_mimic", "select_chexpert_test", "impressions"):
         assert upstream not in edited
 
 
@@ -240,12 +266,12 @@ def mimic_sized_tables(folder: Path) -> dict[str, Path]:
 
 def test_mimic_sized_config_plans_64_shard_jobs_in_seconds(tmp_path):
     tables = mimic_sized_tables(tmp_path)
-    overlay = write_overlay(tmp_path / "mimic.yaml", {
+    overlay = write_config(tmp_path / "mimic.yaml", {
         "results": str(tmp_path / "results"),
         "mimic": {"image_root": str(tmp_path), "report_root": str(tmp_path),
                   "image_suffix": ".jpg", **{k: str(v) for k, v in tables.items()}},
         "chexpert_test": None,
-        "images": {"shards": 64},
+        "images": {"shards": {"mimic": 64}},  # the shipped count, per data set
     })
     t0 = time.perf_counter()
     out = snakemake("-n", "all", "--configfile", "config.yaml", "tests/demo/config.yaml",

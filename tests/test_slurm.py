@@ -28,12 +28,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import demo_run_config
+from conftest import BINDIR, REPO, run_configs, write_run_overlay
+from conftest import snakemake as run_snakemake
 
-REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "profiles" / "slurm"
 README = REPO / "README.md"
-BINDIR = Path(sys.executable).parent  # the environment's .venv/bin
 CLUSTER_SH = REPO / "tests" / "slurm" / "cluster.sh"
 SYSTEM_CONF = Path("/etc/slurm/slurm.conf")
 DAEMONS = ("slurmd", "slurmctld", "munged")
@@ -177,39 +176,11 @@ def readme_demo_command() -> list[str]:
 
 
 def snakemake(args: list[str], env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run Snakemake as a new user would, the environment not on PATH; past the timeout stop
-    it with SIGINT (it then cancels its SLURM jobs)."""
-    env = dict(env, HF_HUB_OFFLINE="1", PATH=path_without_environment(env["PATH"]))
+    """conftest's runner as a new user would start Snakemake: the environment not on PATH."""
+    env = dict(env, PATH=path_without_environment(env["PATH"]))
     assert shutil.which("chexdino", path=env["PATH"]) is None, "chexdino is on PATH elsewhere"
-    cmd = args if args[0].endswith("snakemake") else [str(BINDIR / "snakemake"), *args]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGINT)
-        try:
-            out, _ = proc.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-        raise AssertionError(f"{' '.join(cmd)} ran past {timeout}s:\n{out[-8000:]}") from None
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
-
-
-def overlay_config(small_demo, results: Path, **changes) -> Path:
-    """The small demo data with tiny training (conftest.demo_run_config), plus ``changes``."""
-    cfg = demo_run_config(small_demo, results)
-    for section, values in changes.items():
-        cfg[section].update(values)
-    results.mkdir(parents=True, exist_ok=True)
-    path = results.parent / f"{results.name}.overlay.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def configs(overlay: Path) -> list[str]:
-    return ["--configfile", "config.yaml", "tests/demo/config.yaml", str(overlay)]
+    words = args[1:] if args[0].endswith("snakemake") else args
+    return run_snakemake(*words, check=False, cores=None, env=env, timeout=timeout)
 
 
 def job_stats(output: str) -> dict[str, int]:
@@ -230,7 +201,7 @@ def slurm_run(cluster, small_demo, tmp_path_factory):
     file, and quick polling), and the same configuration run locally."""
     base = tmp_path_factory.mktemp("slurm-run")
     results = base / "results"
-    overlay = overlay_config(small_demo, results)
+    overlay = write_run_overlay(small_demo, results)
     command = readme_demo_command()
     assert command[-2:] == ["--configfile", "tests/demo/config.yaml"], command
     started = time.monotonic()
@@ -240,9 +211,9 @@ def slurm_run(cluster, small_demo, tmp_path_factory):
     logdir = results / "logs" / "slurm"  # the SLURM logs follow the results folder
 
     local = base / "local"
-    local_overlay = overlay_config(small_demo, local)
+    local_overlay = write_run_overlay(small_demo, local)
     targets = [str(local / "mimic" / "tokens.h5"), str(local / "chexpert_test" / "cxr.h5")]
-    ref = snakemake(["--cores", "2", *targets, *configs(local_overlay)], dict(os.environ))
+    ref = snakemake(["--cores", "2", *targets, *run_configs(local_overlay)], dict(os.environ))
     assert ref.returncode == 0, ref.stdout[-6000:]
     return {"results": results, "local": local, "logdir": logdir, "output": run.stdout,
             "seconds": seconds}
@@ -262,7 +233,11 @@ def test_every_job_went_through_sbatch_fitted_to_the_cluster(slurm_run, cluster)
     partition without a GPU, each request lowered to what the node has, with a note."""
     cpu, _ = profile_partitions()
     out = slurm_run["output"]
-    expected = {rule: n for rule, n in job_stats(out).items() if rule != "all"}
+    # The jobs of seconds (the Snakefile's localrules) run in the head process, unsubmitted.
+    local = set(re.findall(r"^localrule (\w+):$", out, flags=re.M))
+    assert local == {"all", "select_chexpert_test", "plot_training", "run_summary",
+                     "compare_published", "export"}, local
+    expected = {rule: n for rule, n in job_stats(out).items() if rule not in local}
     by_rule = slurm_jobs_by_rule(slurm_run["logdir"])
     assert {rule: len(ids) for rule, ids in by_rule.items()} == expected
     submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", out)
@@ -299,11 +274,14 @@ def test_report_provenance_names_each_jobs_slurm_job_partition_and_node(slurm_ru
     table = pd.read_csv(results / "provenance.csv", keep_default_na=False).set_index("item")
     by_rule = slurm_jobs_by_rule(slurm_run["logdir"])
     finished = cluster.jobcomp()
-    jobs = {"train": by_rule["train"][0], "report": by_rule["run_summary"][0]}
+    jobs = {"train": by_rule["train"][0]}
     for evalset in ("mimic_test", "chexpert_test"):
         log = next(slurm_run["logdir"].glob(f"rule_evaluate/{evalset}/*.log"))
         jobs[f"evaluate {evalset}"] = log.stem
-    assert sorted(table.columns) == sorted(jobs)
+    assert sorted(table.columns) == sorted([*jobs, "report"])
+    # The report's summary (run_summary, a local rule) ran in the head process.
+    assert table["report"]["executor"] == "local", table["report"]
+    assert "run_summary" not in by_rule
     for column, job_id in jobs.items():
         recorded = table[column]
         assert recorded["executor"] == "SLURM" and recorded["slurm_job_id"] == job_id, column
@@ -312,13 +290,14 @@ def test_report_provenance_names_each_jobs_slurm_job_partition_and_node(slurm_ru
         assert recorded["gpu"] == "none", column  # the demo computes on the CPU
     landing = (results / "run_summary.rst").read_text()
     assert f"Executor: SLURM (``train`` job {jobs['train']} on partition" in landing
+    assert "; run locally: report)." in landing
 
 
 def test_a_gpu_request_on_a_cluster_without_gpus_stops_at_once(cluster, small_demo, tmp_path):
     """The real-run default (train.device: auto) asks a GPU for train and evaluate; this
     cluster has none: a clear message naming rule, resource and limit, nothing submitted."""
     results = tmp_path / "results"
-    overlay = overlay_config(small_demo, results, train={"device": "auto"})
+    overlay = write_run_overlay(small_demo, results, train={"device": "auto"})
     jobs_before = set(cluster.jobcomp())
     started = time.monotonic()
     run = snakemake([*readme_demo_command(), str(overlay), *FAST], cluster.env, timeout=60)
@@ -349,9 +328,9 @@ def test_a_failing_job_fails_the_run_and_shows_its_error(cluster, small_demo, tm
     broken = tmp_path / "metadata.csv.gz"
     broken.write_bytes(b"this is not a gzip file\n")
     results = tmp_path / "results"
-    overlay = overlay_config(small_demo, results, mimic={"metadata_csv": str(broken)})
+    overlay = write_run_overlay(small_demo, results, mimic={"metadata_csv": str(broken)})
     run = snakemake(["--profile", str(PROFILE.relative_to(REPO)),
-                     str(results / "mimic" / "manifest.csv"), *configs(overlay),
+                     str(results / "mimic" / "manifest.csv"), *run_configs(overlay),
                      "--retries", "0", *FAST], cluster.env)
     assert run.returncode != 0
     assert "Error in rule select_mimic" in run.stdout
@@ -407,11 +386,11 @@ def test_training_stops_on_the_slurm_signal_and_the_retry_resumes(slurm_run, clu
     results = tmp_path / "results"
     logdir = results / "logs" / "slurm"
     shutil.copytree(slurm_run["results"] / "mimic", results / "mimic")  # train's inputs
-    overlay = overlay_config(small_demo, results, train={"steps": 60, "val_every": 30,
-                                                         "ckpt_every": 10, "log_every": 1})
+    overlay = write_run_overlay(small_demo, results, train={"steps": 60, "val_every": 30,
+                                                            "ckpt_every": 10, "log_every": 1})
     env = dict(cluster.env, HF_HUB_OFFLINE="1", PATH=path_without_environment(cluster.env["PATH"]))
     cmd = [str(BINDIR / "snakemake"), "--profile", str(PROFILE.relative_to(REPO)),
-           str(results / "train" / "best.pt"), *configs(overlay), *FAST]
+           str(results / "train" / "best.pt"), *run_configs(overlay), *FAST]
     out_file = tmp_path / "snakemake.out"
     with out_file.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -445,10 +424,10 @@ def test_training_stops_on_the_slurm_signal_and_the_retry_resumes(slurm_run, clu
 def test_head_job_script_runs_snakemake_as_a_job_on_the_cpu_partition(cluster, small_demo,
                                                                       tmp_path):
     """profiles/slurm/head-job.sh: the head process as a SLURM job (here a dry run)."""
-    overlay = overlay_config(small_demo, tmp_path / "results")
+    overlay = write_run_overlay(small_demo, tmp_path / "results")
     env = dict(cluster.env, HEAD_LOG_DIR=str(tmp_path / "logs"), PYTHON=sys.executable)
     submitted = subprocess.run(["bash", str(PROFILE / "head-job.sh"), "-n", "all",
-                                *configs(overlay)], cwd=tmp_path, env=env, capture_output=True,
+                                *run_configs(overlay)], cwd=tmp_path, env=env, capture_output=True,
                                text=True, timeout=60)
     assert submitted.returncode == 0, submitted.stderr
     job_id = re.search(r"head job (\d+)", submitted.stdout).group(1)

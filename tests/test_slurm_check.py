@@ -130,3 +130,37 @@ def test_every_impossible_request_is_named_in_one_error(partitions):
         "  rule select_mimic: slurm_partition 'cpux' does not exist on this cluster "
         "(partitions: cpu, debug, gpu); set it in profiles/slurm/config.yaml",
         "  rule train: partition debug has no nodes"]
+
+
+def test_local_rules_are_not_checked_or_changed(partitions, monkeypatch):
+    """A rule of ``localrules:`` runs in the head process: no note, no change, and no stop
+    even where its request could never be met; the submitted rules are fitted as before."""
+    from types import SimpleNamespace
+
+    from snakemake.resources import Resource, Resources
+    from snakemake_interface_executor_plugins.settings import ExecMode
+
+    from chexdino import slurm_check
+
+    def rule(name, partition, norun=False):
+        resources = Resources()
+        for key, value in (("_cores", 8), ("slurm_partition", partition), ("mem_mb", 96000)):
+            resources[key] = Resource(key, value)
+        return SimpleNamespace(name=name, norun=norun, resources=resources)
+
+    rules = [rule("train", "cpu"), rule("run_summary", "no-such-partition"),
+             rule("all", "no-such-partition", norun=True)]
+    workflow = SimpleNamespace(
+        rules=rules, _localrules={"run_summary"},
+        workflow_settings=SimpleNamespace(exec_mode=ExecMode.DEFAULT),
+        resource_settings=SimpleNamespace(_parsed_default_resources=Resources(),
+                                          _parsed_overwrite_threads={},
+                                          _parsed_overwrite_resources={}))
+    monkeypatch.setattr(slurm_check.shutil, "which", lambda name: f"/usr/bin/{name}")
+    logged = []
+    notes = slurm_check.check_workflow_requests(workflow, {"train": {}}, logged.append,
+                                                query=lambda: partitions)
+    assert notes == logged and [n.split(":")[0] for n in notes] == ["rule train"] * 2
+    assert rules[0].resources["_cores"].value == 2
+    assert rules[1].resources["_cores"].value == 8
+    assert rules[1].resources["slurm_partition"].value == "no-such-partition"

@@ -84,6 +84,10 @@ def semantic_problems(config: Mapping[str, Any]) -> Iterator[str]:
     chexpert = config.get("chexpert_test") or {}
     if "groundtruth_csv" in chexpert and not Path(chexpert["groundtruth_csv"]).is_file():
         yield f"chexpert_test.groundtruth_csv: file not found: {chexpert['groundtruth_csv']}"
+    shards = config.get("images", {}).get("shards")
+    if isinstance(shards, Mapping) and chexpert and "chexpert_test" not in shards:
+        yield (f"images.shards = {dict(shards)}: no count for chexpert_test, which is "
+               "configured (add chexpert_test: 1, or give one number for every data set)")
 
 
 def validate_config(config: Mapping[str, Any], schema_path: Path = SCHEMA) -> None:

@@ -242,6 +242,13 @@ def _rule_request(rule: Any) -> Request | None:
                    gres=str(gres) if isinstance(gres, str) else "")
 
 
+def _runs_locally(workflow: Any, rule: Any) -> bool:
+    """A rule of ``localrules:`` (or one without a command): it runs in the head process and
+    is never submitted, so its request is not SLURM's to meet. (``workflow.is_local`` says
+    True for every rule while the Snakefile is read: the executor is chosen later.)"""
+    return rule.norun or rule.name in getattr(workflow, "_localrules", ())
+
+
 def _set(workflow: Any, rule: Any, name: str, value: Any, raw: Any) -> None:
     """One resource of a rule: here, and for the job processes this head process spawns
     (they receive the per-rule values as --set-resources / --set-threads)."""
@@ -270,7 +277,8 @@ def check_workflow_requests(workflow: Any, config: dict, log: Callable[[str], No
 
     if workflow.workflow_settings.exec_mode != ExecMode.DEFAULT:
         return []
-    requests = [r for r in map(_rule_request, workflow.rules) if r is not None]
+    submitted = [rule for rule in workflow.rules if not _runs_locally(workflow, rule)]
+    requests = [r for r in map(_rule_request, submitted) if r is not None]
     if not requests:
         return []
     if shutil.which("scontrol") is None:

@@ -10,7 +10,7 @@ from snakemake.logging import logger
 
 from chexdino.config import validate_config
 from chexdino.distributed import processes_per_node
-from chexdino.job_env import put_planning_environment_first
+from chexdino.job_env import export_source_folder, put_planning_environment_first
 from chexdino.provenance import module_closure
 from chexdino.slurm_check import RequestError, check_workflow_requests
 
@@ -24,15 +24,15 @@ R = config["results"]
 
 # Jobs run the chexdino of the environment that planned them, whatever the user's PATH.
 put_planning_environment_first(sys.executable)
-
-
-scattergather:
-    images=config["images"]["shards"],
+# With --software-deployment-method conda, environment.post-deploy.sh installs chexdino from
+# this folder into the environment Snakemake builds from environment.yml.
+export_source_folder(workflow.basedir)
 
 
 wildcard_constraints:
     dataset="mimic|chexpert_test",
     evalset="mimic_test|chexpert_test",
+    scatteritem=r"\d+-of-\d+",
 
 
 def as_json(value):
@@ -44,6 +44,27 @@ def stage_code(module):
     """Source files a stage runs (its chexdino module and what that imports), as inputs:
     editing one reruns the stage and everything downstream of it."""
     return [str(path) for path in module_closure(module)]
+
+
+def image_shards(dataset):
+    """How many shard jobs convert a data set's images: ``images.shards`` is one count for
+    every data set or a mapping per data set (377k MIMIC-CXR films, 500 CheXpert ones).
+    """
+    shards = config["images"]["shards"]
+    return shards[dataset] if isinstance(shards, dict) else shards
+
+
+def image_shard_files(suffix):
+    """Input function: the shard files (``1-of-N`` ... ``N-of-N``) of the data set gathered."""
+
+    def files(wildcards):
+        n = image_shards(wildcards.dataset)
+        return [
+            f"{R}/{wildcards.dataset}/shards/{i}-of-{n}{suffix}"
+            for i in range(1, n + 1)
+        ]
+
+    return files
 
 
 def eval_sets():

@@ -30,7 +30,7 @@ rule evaluate:
     log:
         f"{R}/logs/evaluate/{{evalset}}.log",
     conda:
-        "../envs/chexdino.yaml"
+        "../../environment.yml"
     # Capped at --cores locally; on SLURM the profile's set-threads applies.
     threads: 8
     resources:
@@ -64,7 +64,7 @@ rule retrieval:
     log:
         f"{R}/logs/retrieval.log",
     conda:
-        "../envs/chexdino.yaml"
+        "../../environment.yml"
     threads: 8
     resources:
         gpu=1,
@@ -99,7 +99,7 @@ rule compare_published:
     log:
         f"{R}/logs/compare_published.log",
     conda:
-        "../envs/chexdino.yaml"
+        "../../environment.yml"
     shell:
         "chexdino compare-published --auroc {input.auroc} --summary {input.summary}"
         " --published {input.published} --eval-set chexpert_test --out {output}"
@@ -122,7 +122,7 @@ rule evaluate_model:
     wildcard_constraints:
         other="[A-Za-z0-9_-]+",
     conda:
-        "../envs/chexdino.yaml"
+        "../../environment.yml"
     threads: 8
     resources:
         gpu=1,
@@ -159,7 +159,7 @@ rule compare_models:
     log:
         f"{R}/logs/compare_models/{{evalset}}.log",
     conda:
-        "../envs/chexdino.yaml"
+        "../../environment.yml"
     params:
         names=lambda wildcards: " ".join(["this-run", *compared_models()]),
         folders=lambda wildcards, input: " ".join(

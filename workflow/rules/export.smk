@@ -25,7 +25,7 @@ rule export:
     log:
         f"{R}/logs/export.log",
     conda:
-        "../envs/chexdino.yaml"
+        "../../environment.yml"
     params:
         results=lambda wildcards, input: os.path.dirname(input.run_config),
         out_dir=lambda wildcards, output: os.path.dirname(output.weights),

@@ -1,4 +1,7 @@
 # Stage 2: images -> 320x320 uint8 HDF5, scattered over shards and gathered into one store.
+# Shards are temporary: once gathered they are deleted, so the store (~39 GB for MIMIC-CXR)
+# is not on disk twice. Snakemake keeps their records: a changed setting or an edited module
+# still reruns them (and the gather), a rerun with nothing changed does not.
 
 
 rule image_shard:
@@ -6,12 +9,12 @@ rule image_shard:
         code=stage_code("images"),
         manifest=f"{R}/{{dataset}}/manifest.csv",
     output:
-        h5=f"{R}/{{dataset}}/shards/{{scatteritem}}.h5",
-        rejects=f"{R}/{{dataset}}/shards/{{scatteritem}}.rejects.csv",
+        h5=temp(f"{R}/{{dataset}}/shards/{{scatteritem}}.h5"),
+        rejects=temp(f"{R}/{{dataset}}/shards/{{scatteritem}}.rejects.csv"),
     log:
         f"{R}/logs/image_shard/{{dataset}}/{{scatteritem}}.log",
     conda:
-        "../envs/chexdino.yaml"
+        "../../environment.yml"
     threads: 2
     params:
         images=as_json(config["images"]),
@@ -24,15 +27,15 @@ rule image_shard:
 rule gather_images:
     input:
         code=stage_code("h5store"),
-        h5=gather.images(f"{R}/{{{{dataset}}}}/shards/{{scatteritem}}.h5"),
-        rejects=gather.images(f"{R}/{{{{dataset}}}}/shards/{{scatteritem}}.rejects.csv"),
+        h5=image_shard_files(".h5"),
+        rejects=image_shard_files(".rejects.csv"),
     output:
         h5=f"{R}/{{dataset}}/cxr.h5",
         rejects=f"{R}/{{dataset}}/image_rejects.csv",
     log:
         f"{R}/logs/gather_images/{{dataset}}.log",
     conda:
-        "../envs/chexdino.yaml"
+        "../../environment.yml"
     shell:
         "chexdino gather --shards {input.h5} --shard-rejects {input.rejects}"
         " --out {output.h5} --rejects {output.rejects} > {log} 2>&1"

@@ -13,7 +13,7 @@ rule impressions:
     log:
         f"{R}/logs/impressions.log",
     conda:
-        "../envs/chexdino.yaml"
+        "../../environment.yml"
     params:
         report_root=lambda wildcards: config["mimic"]["report_root"],
     shell:
@@ -31,7 +31,7 @@ rule tokens:
     log:
         f"{R}/logs/tokens.log",
     conda:
-        "../envs/chexdino.yaml"
+        "../../environment.yml"
     params:
         reports=as_json(config["reports"]),
     shell:

@@ -13,7 +13,7 @@ rule select_mimic:
     log:
         f"{R}/logs/select_mimic.log",
     conda:
-        "../envs/chexdino.yaml"
+        "../../environment.yml"
     params:
         # Folders holding many files (not inputs of this rule): passed as plain values.
         image_root=lambda wildcards: config["mimic"]["image_root"],
@@ -42,7 +42,7 @@ rule select_chexpert_test:
     log:
         f"{R}/logs/select_chexpert_test.log",
     conda:
-        "../envs/chexdino.yaml"
+        "../../environment.yml"
     params:
         image_root=(config.get("chexpert_test") or {}).get("image_root", ""),
     shell:

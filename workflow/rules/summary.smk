@@ -26,7 +26,7 @@ rule dataset_summary:
     log:
         f"{R}/logs/dataset_summary.log",
     conda:
-        "../envs/chexdino.yaml"
+        "../../environment.yml"
     params:
         report=as_json(config.get("report") or {}),
     shell:
@@ -59,7 +59,7 @@ rule run_summary:
     log:
         f"{R}/logs/run_summary.log",
     conda:
-        "../envs/chexdino.yaml"
+        "../../environment.yml"
     params:
         config=as_json(config),
     shell:

@@ -20,7 +20,7 @@ rule train:
     log:
         f"{R}/logs/train.log",
     conda:
-        "../envs/chexdino.yaml"
+        "../../environment.yml"
     # Capped at --cores locally; on SLURM the profile's set-threads applies.
     threads: 8
     resources:
@@ -56,7 +56,7 @@ rule plot_training:
     log:
         f"{R}/logs/plot_training.log",
     conda:
-        "../envs/chexdino.yaml"
+        "../../environment.yml"
     shell:
         "chexdino plot-training --metrics {input.metrics} --validation {input.validation}"
         " --out {output} > {log} 2>&1"
