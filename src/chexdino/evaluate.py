@@ -207,7 +207,7 @@ def evaluate_store(
     for path in checkpoints:
         model = load(path, device)
         normalize = model_normalization(model)
-        if cfg.compile:
+        if cfg.compiles(device, len(rows)):
             model.visual = torch.compile(model.visual)
         emb = embed_images(model, images, scoring.input_size, device, cfg.batch_size,
                            scoring.precision, normalize)
