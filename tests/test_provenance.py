@@ -9,20 +9,28 @@ import socket
 import subprocess
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pandas as pd
+import pytest
 import torch
 import yaml
 
-from chexdino import __version__
+from chexdino import LABELS, __version__, h5store
+from chexdino.config import ReportsConfig
 from chexdino.provenance import (
+    data_stage_environments,
     environment,
     executor,
+    group_environments,
     landing_summary,
     package_versions,
     source_revision,
     where_jobs_ran,
+    write_job_record,
     write_run_summary,
 )
+from chexdino.tokens import build_tokens
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -172,3 +180,116 @@ def test_module_closure_follows_subpackages_and_their_init(tmp_path, monkeypatch
     before = provenance.code_fingerprint(["a"])
     (package / "sub" / "y.py").write_text("z = 1\n")
     assert provenance.code_fingerprint(["a"]) != before
+
+
+# --- the data stages' jobs -------------------------------------------------------------------
+
+def on_slurm(monkeypatch, job: str, node: str, partition: str = "cpu") -> dict:
+    """This process's environment() as SLURM would make it for job ``job`` on ``node``."""
+    monkeypatch.setenv("SLURM_JOB_ID", job)
+    monkeypatch.setenv("SLURM_JOB_PARTITION", partition)
+    monkeypatch.setenv("SLURMD_NODENAME", node)
+    return environment()
+
+
+def image_rows(first: int, n: int) -> tuple[np.ndarray, pd.DataFrame]:
+    ids = range(first, first + n)
+    meta = pd.DataFrame({"dicom_id": [f"d{i}" for i in ids], "study_id": [str(i) for i in ids],
+                         "subject_id": "9", "split": "train", "view": "PA", "source_rows": 10,
+                         "source_cols": 10})
+    for label in LABELS:
+        meta[label] = np.nan
+    pixels = (np.arange(n * 64).reshape(n, 8, 8) + first).astype(np.uint8)
+    return pixels, meta
+
+
+def gathered_store(folder: Path, monkeypatch, shard_jobs: list[tuple[str, str]],
+                   gather_job: str = "200") -> Path:
+    """Shard stores written by the given (job id, node) jobs, gathered by job ``gather_job``."""
+    shards = []
+    for k, (job, node) in enumerate(shard_jobs):
+        pixels, meta = image_rows(first=10 * k, n=2)
+        shards.append(folder / f"{k + 1}-of-{len(shard_jobs)}.h5")
+        h5store.write_store(shards[-1], pixels, meta, 8, on_slurm(monkeypatch, job, node))
+    cxr = folder / "mimic" / "cxr.h5"
+    h5store.gather_stores(shards, cxr, on_slurm(monkeypatch, gather_job, "n9"))
+    return cxr
+
+
+def test_the_gathered_store_keeps_each_deleted_shard_jobs_record(tmp_path, monkeypatch):
+    cxr = gathered_store(tmp_path, monkeypatch, [("101", "n1"), ("102", "n2"), ("104", "n1")])
+    for shard in tmp_path.glob("*-of-3.h5"):
+        shard.unlink()  # as Snakemake deletes the temporary shards
+    jobs = data_stage_environments([cxr])
+    assert list(jobs) == ["image_shard mimic (3 jobs)", "gather_images mimic"]
+    shards = jobs["image_shard mimic (3 jobs)"]
+    assert (shards["executor"], shards["slurm_job_id"], shards["slurm_partition"],
+            shards["node"], shards["gpu"]) == ("SLURM", "101-102, 104", "cpu", "n1, n2", "none")
+    assert shards["packages"]["h5py"] == package_versions(("h5py",))["h5py"]
+    assert jobs["gather_images mimic"]["slurm_job_id"] == "200"
+    # The records are attributes beside the data: the rows are the shards' rows, in order.
+    with h5py.File(cxr, "r") as store:
+        assert store["dicom_id"].asstr()[()].tolist() == ["d0", "d1", "d10", "d11", "d20",
+                                                          "d21"]
+        assert np.array_equal(store["cxr"][2:4], image_rows(first=10, n=2)[0])
+
+
+def test_group_environments_keeps_every_distinct_value_compactly():
+    records = [{"slurm_job_id": job, "node": node, "packages": {"torch": "2.1"}}
+               for job, node in (("7", "a"), ("5", "b"), ("6", "a"), ("local", "c"))]
+    assert group_environments(records) == {"slurm_job_id": "5-7, local", "node": "a, b, c",
+                                           "packages": {"torch": "2.1"}}
+
+
+def test_run_summary_has_a_column_per_data_stage_job(tmp_path, monkeypatch):
+    """Select, image shards, gather, impressions, tokens and the dataset summary each name
+    the SLURM job, partition, node and GPU they ran on, beside training and evaluation."""
+    mimic = tmp_path / "mimic"
+    mimic.mkdir()
+    on_slurm(monkeypatch, "11", "n1")
+    write_job_record(mimic / "select_environment.json")
+    cxr = gathered_store(tmp_path, monkeypatch, [(str(20 + k), "n2") for k in range(64)], "90")
+    on_slurm(monkeypatch, "91", "n3")
+    write_job_record(mimic / "impressions_environment.json")
+    impressions = mimic / "impressions.csv"
+    pd.DataFrame({"study_id": ["0"], "impression": ["No effusion."],
+                  "impression_source": ["impression"]}).to_csv(impressions, index=False)
+    build_tokens(cxr, impressions, mimic / "tokens.h5", ReportsConfig.from_section(),
+                 on_slurm(monkeypatch, "92", "n3"))
+    (mimic / "dataset_summary.json").write_text(json.dumps(
+        {"input_records": 3, "kept": 2, "rejected": 1,
+         "environment": on_slurm(monkeypatch, "93", "n3")}))
+    (tmp_path / "checkpoints.json").write_text(json.dumps(
+        {"steps": 4, "best_step": 4, "select_by": "val_loss",
+         "environment": on_slurm(monkeypatch, "94", "g1", "gpu")}))
+    for name in ("SLURM_JOB_ID", "SLURM_JOB_PARTITION", "SLURMD_NODENAME"):
+        monkeypatch.delenv(name)  # the report's own job runs in the head process
+    records = [mimic / "select_environment.json", cxr, mimic / "impressions_environment.json",
+               mimic / "tokens.h5"]
+    write_run_summary(mimic / "dataset_summary.json", tmp_path / "checkpoints.json", {}, {},
+                      tmp_path / "landing.rst", tmp_path / "provenance.csv",
+                      tmp_path / "run_config.yaml", records)
+    table = pd.read_csv(tmp_path / "provenance.csv", keep_default_na=False).set_index("item")
+    assert list(table.columns) == [
+        "report", "select_mimic", "image_shard mimic (64 jobs)", "gather_images mimic",
+        "impressions", "tokens", "dataset_summary", "train"]
+    assert table.loc["slurm_job_id"].tolist() == [
+        "local", "11", "20-83", "90", "91", "92", "93", "94"]
+    assert table.loc["node", "image_shard mimic (64 jobs)"] == "n2"
+    assert set(table.loc["slurm_partition"]) == {"local", "cpu", "gpu"}
+    assert set(table.loc["gpu"]) == {"none"}  # every job of this test computed on the CPU
+    landing = (tmp_path / "landing.rst").read_text()
+    assert ("Executor: SLURM (``train`` job 94 on partition gpu, node g1, GPU none; "
+            "data preparation (select_mimic, image_shard mimic (64 jobs), gather_images mimic, "
+            "impressions, tokens, dataset_summary) on partition cpu, node n1, n2, n3, n9; "
+            "run locally: report).") in landing
+
+
+def test_a_data_output_without_its_jobs_record_is_an_error_naming_it(tmp_path):
+    pixels, meta = image_rows(first=0, n=2)
+    h5store.write_store(tmp_path / "tokens.h5", pixels, meta, 8)  # no environment given
+    with pytest.raises(ValueError, match=r"tokens\.h5: no 'environment' attribute"):
+        data_stage_environments([tmp_path / "tokens.h5"])
+    (tmp_path / "select_environment.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"select_environment\.json: no 'environment'"):
+        data_stage_environments([tmp_path / "select_environment.json"])

@@ -25,8 +25,27 @@ def command(name: str):
     return register
 
 
+ENVIRONMENT_HELP = "write this job's environment (provenance) to this JSON file"
+
+
 def _json(text: str) -> dict:
     return json.loads(text)
+
+
+def _job_environment() -> dict:
+    """This job's record for the provenance table (imported here, not by the stage modules,
+    so that editing ``provenance`` does not rerun the data stages)."""
+    from chexdino.provenance import environment
+
+    return environment()
+
+
+def _write_job_record(path: str | None) -> None:
+    """A table-writing stage's record, as a JSON file beside its tables (``--environment``)."""
+    if path:
+        from chexdino.provenance import write_job_record
+
+        write_job_record(Path(path))
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -55,6 +74,7 @@ def cmd_select_mimic(a: argparse.Namespace) -> None:
         Path(a.split), Path(a.metadata), Path(a.chexpert), Path(a.image_root),
         Path(a.report_root), a.image_suffix, SelectConfig.from_section(_json(a.select)))
     write_manifest(manifest, rejects, Path(a.manifest), Path(a.rejects))
+    _write_job_record(a.environment)
     log.info("selected %d images, rejected %d records", len(manifest), len(rejects))
 
 
@@ -64,6 +84,7 @@ def cmd_select_chexpert(a: argparse.Namespace) -> None:
 
     manifest, rejects = select_chexpert_test(Path(a.groundtruth), Path(a.image_root))
     write_manifest(manifest, rejects, Path(a.manifest), Path(a.rejects))
+    _write_job_record(a.environment)
     log.info("selected %d CheXpert test images", len(manifest))
 
 
@@ -73,7 +94,8 @@ def cmd_images(a: argparse.Namespace) -> None:
     from chexdino.images import convert_shard
 
     counts = convert_shard(Path(a.manifest), a.shard, Path(a.out), Path(a.rejects),
-                           ImagesConfig.from_section(_json(a.images)), a.threads)
+                           ImagesConfig.from_section(_json(a.images)), a.threads,
+                           _job_environment())
     log.info("shard %d of %d: %s", *a.shard, counts)
 
 
@@ -81,7 +103,7 @@ def cmd_images(a: argparse.Namespace) -> None:
 def cmd_gather(a: argparse.Namespace) -> None:
     from chexdino.h5store import gather_rejects, gather_stores
 
-    n = gather_stores([Path(p) for p in a.shards], Path(a.out))
+    n = gather_stores([Path(p) for p in a.shards], Path(a.out), _job_environment())
     gather_rejects([Path(p) for p in a.shard_rejects], Path(a.rejects))
     log.info("gathered %d images from %d shards into %s", n, len(a.shards), a.out)
 
@@ -91,6 +113,7 @@ def cmd_impressions(a: argparse.Namespace) -> None:
     from chexdino.impressions import write_impressions
 
     counts = write_impressions(Path(a.split), Path(a.report_root), Path(a.out), Path(a.rejects))
+    _write_job_record(a.environment)
     log.info("impressions: %s", json.dumps(counts))
 
 
@@ -100,7 +123,7 @@ def cmd_tokens(a: argparse.Namespace) -> None:
     from chexdino.tokens import build_tokens
 
     counts = build_tokens(Path(a.cxr), Path(a.impressions), Path(a.out),
-                          ReportsConfig.from_section(_json(a.reports)))
+                          ReportsConfig.from_section(_json(a.reports)), _job_environment())
     log.info("tokens: %s", counts)
 
 
@@ -149,6 +172,7 @@ def cmd_summarize(a: argparse.Namespace) -> None:
     summary, rejects = summarize_dataset(
         Path(a.manifest), Path(a.select_rejects), Path(a.cxr), Path(a.image_rejects),
         Path(a.impressions), Path(a.report_rejects), Path(a.tokens))
+    summary["environment"] = _job_environment()
     write_summary(summary, rejects, Path(a.out), Path(a.rejects))
     report = ReportConfig.from_section(_json(a.report))
     plot_dataset(summary, Path(a.figure), Path(a.cxr), report.sample_images)
@@ -161,7 +185,8 @@ def cmd_run_summary(a: argparse.Namespace) -> None:
 
     summaries = {Path(p).parent.name: Path(p) for p in a.eval_summaries}
     write_run_summary(Path(a.dataset), Path(a.checkpoints), summaries, _json(a.config),
-                      Path(a.out), Path(a.provenance), Path(a.config_out))
+                      Path(a.out), Path(a.provenance), Path(a.config_out),
+                      [Path(p) for p in a.job_records])
     print(Path(a.out).read_text())
 
 
@@ -242,10 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     for arg in ("split", "metadata", "chexpert", "image-root", "image-suffix", "report-root",
                 "select", "manifest", "rejects"):
         s.add_argument(f"--{arg}", required=True)
+    s.add_argument("--environment", help=ENVIRONMENT_HELP)
 
     s = sub.add_parser("select-chexpert", help="stage 1: manifest from a CheXpert test set")
     for arg in ("groundtruth", "image-root", "manifest", "rejects"):
         s.add_argument(f"--{arg}", required=True)
+    s.add_argument("--environment", help=ENVIRONMENT_HELP)
 
     s = sub.add_parser("images", help="stage 2: decode one shard of images into HDF5")
     s.add_argument("--manifest", required=True)
@@ -264,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("impressions", help="stage 3: impression text per study")
     for arg in ("split", "report-root", "out", "rejects"):
         s.add_argument(f"--{arg}", required=True)
+    s.add_argument("--environment", help=ENVIRONMENT_HELP)
 
     s = sub.add_parser("tokens", help="stage 3: CLIP BPE tokens row-aligned with the images")
     for arg in ("cxr", "impressions", "reports", "out"):
@@ -305,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     for arg in ("dataset", "checkpoints", "config", "out", "provenance", "config-out"):
         s.add_argument(f"--{arg}", required=True)
     s.add_argument("--eval-summaries", nargs="+", required=True)
+    s.add_argument("--job-records", nargs="*", default=[],
+                   help="outputs of the data stages that carry their jobs' environment "
+                        "(select/impressions JSON, cxr.h5, tokens.h5)")
 
     s = sub.add_parser("scorecard", help="print the AUROC tables of a results folder")
     s.add_argument("results")

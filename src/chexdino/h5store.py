@@ -9,7 +9,11 @@ Layout (every dataset has N rows):
 - ``source_shape``: int32 (N, 2), the (rows, cols) of the film before resizing.
 - ``labels``: float32 (N, 14), 1 / 0 / -1, NaN where the label table was blank; attribute
   ``label_names`` gives the column order (``chexdino.LABELS``).
-- file attributes ``size`` and ``chexdino_version``.
+- file attributes ``size`` and ``chexdino_version``, and ``environment`` (JSON: where and
+  with what the job that wrote the store ran, :func:`chexdino.provenance.environment`).
+- a gathered store also has ``provenance/image_shards``: one JSON ``environment`` per shard
+  job, in shard order (the shards themselves are deleted after the gather). It is the one
+  dataset without N rows.
 
 Every file is written beside its final name and renamed into place
 (:func:`chexdino.atomic.atomic_output`), so a killed job never leaves a partial file that
@@ -18,9 +22,11 @@ looks complete.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -39,11 +45,13 @@ META_COLUMNS: tuple[str, ...] = ID_COLUMNS + SHAPE_COLUMNS + LABELS
 _COPY_BLOCK_ROWS = 1024  # 100 MB of 320x320 images per read while gathering
 
 
-def write_store(path: Path, images: np.ndarray, meta: pd.DataFrame, size: int) -> None:
+def write_store(path: Path, images: np.ndarray, meta: pd.DataFrame, size: int,
+                environment: dict[str, Any] | None = None) -> None:
     """Write one image store atomically; ``meta`` row i describes ``images[i]``.
 
     ``meta`` needs the columns in :data:`META_COLUMNS` (ids, ``source_rows``/``source_cols``,
-    the 14 labels). Inputs are validated before anything is written.
+    the 14 labels). Inputs are validated before anything is written. ``environment`` (the
+    writing job's record) is kept as the ``environment`` attribute.
     """
     _check_images(images, size)
     _check_meta(meta, len(images))
@@ -52,6 +60,7 @@ def write_store(path: Path, images: np.ndarray, meta: pd.DataFrame, size: int) -
     labels = meta[list(LABELS)].to_numpy(dtype=np.float32)
     with atomic_output(path) as tmp, h5py.File(tmp, "w") as store:
         _create_layout(store, len(images), size, LABELS)
+        _record_environment(store, environment)
         store[CXR][...] = images
         for name, values in ids.items():
             store[name][...] = values
@@ -59,11 +68,13 @@ def write_store(path: Path, images: np.ndarray, meta: pd.DataFrame, size: int) -
         store["labels"][...] = labels
 
 
-def gather_stores(shard_paths: Sequence[Path], out_path: Path) -> int:
+def gather_stores(shard_paths: Sequence[Path], out_path: Path,
+                  environment: dict[str, Any] | None = None) -> int:
     """Concatenate shard stores, in the given order, into one contiguous store; return N.
 
     Streams block by block into a preallocated ``cxr``, so memory stays at one block
-    whatever the dataset size.
+    whatever the dataset size. Each shard's ``environment`` record is copied into
+    ``provenance/image_shards``, so the deleted shard jobs stay on the record.
     """
     if not shard_paths:
         raise ValueError("gather_stores needs at least one shard store")
@@ -71,6 +82,9 @@ def gather_stores(shard_paths: Sequence[Path], out_path: Path) -> int:
     total = sum(counts)
     with atomic_output(out_path) as tmp, h5py.File(tmp, "w") as out:
         _create_layout(out, total, size, label_names)
+        _record_environment(out, environment)
+        out.create_dataset("provenance/image_shards", data=_shard_environments(shard_paths),
+                           dtype=h5py.string_dtype())
         start = 0
         shards = list(zip(shard_paths, counts, strict=True))
         for path, count in tqdm(shards, desc="gather", unit="shard"):
@@ -154,6 +168,20 @@ def _create_layout(store: h5py.File, n: int, size: int, label_names: Sequence[st
     store.create_dataset("source_shape", shape=(n, 2), dtype=np.int32)
     labels = store.create_dataset("labels", shape=(n, len(label_names)), dtype=np.float32)
     labels.attrs["label_names"] = list(label_names)
+
+
+def _record_environment(store: h5py.File, environment: dict[str, Any] | None) -> None:
+    if environment is not None:
+        store.attrs["environment"] = json.dumps(environment)
+
+
+def _shard_environments(shard_paths: Sequence[Path]) -> list[str]:
+    """Each shard's ``environment`` attribute (JSON text), ``{}`` for a shard without one."""
+    records = []
+    for path in shard_paths:
+        with h5py.File(path, "r") as shard:
+            records.append(str(shard.attrs.get("environment", "{}")))
+    return records
 
 
 def _copy_rows(shard: h5py.File, out: h5py.File, start: int, count: int) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from itertools import repeat
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -119,15 +119,19 @@ def shard_rows(n_rows: int, k: int, n: int) -> slice:
 
 
 def convert_shard(manifest_csv: Path, shard: tuple[int, int], out_h5: Path, rejects_csv: Path,
-                  cfg: ImagesConfig, threads: int = 1) -> dict[str, int]:
-    """The images stage: shard ``k`` of ``n`` of the manifest into its store and rejects."""
+                  cfg: ImagesConfig, threads: int = 1,
+                  environment: dict[str, Any] | None = None) -> dict[str, int]:
+    """The images stage: shard ``k`` of ``n`` of the manifest into its store and rejects.
+
+    ``environment`` (this job's record) goes into the shard store for the provenance table.
+    """
     from chexdino.selection import read_manifest
 
     manifest = read_manifest(Path(manifest_csv))
     k, n = shard
     part = manifest.iloc[shard_rows(len(manifest), k, n)].reset_index(drop=True)
     return process_shard(part, out_h5, rejects_csv, size=cfg.size, threads=threads,
-                         max_frame_pixels=cfg.max_frame_pixels)
+                         max_frame_pixels=cfg.max_frame_pixels, environment=environment)
 
 
 def process_shard(
@@ -138,6 +142,7 @@ def process_shard(
     threads: int = 1,
     pool: PoolKind = POOL,
     max_frame_pixels: int = MAX_FRAME_PIXELS,
+    environment: dict[str, Any] | None = None,
 ) -> dict[str, int]:
     """Decode one shard's films into an image store plus a reject table.
 
@@ -170,7 +175,7 @@ def process_shard(
             reasons.append(reason)
     meta = _kept_meta(manifest[kept], source_shapes[:n_kept])
     rejects = manifest.loc[~kept, list(IMAGE_REJECT_COLUMNS[:-1])].assign(reason=reasons)
-    write_store(Path(out_h5), images[:n_kept], meta, size)
+    write_store(Path(out_h5), images[:n_kept], meta, size, environment)
     write_rejects(rejects, Path(rejects_csv))
     return {"input": n, "kept": n_kept, "rejected": n - n_kept}
 

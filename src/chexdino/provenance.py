@@ -1,9 +1,12 @@
 """What produced each number: software versions, source revision, hardware, and the run summary.
 
-The training and evaluation jobs record :func:`environment` next to their results (they may
-run on other machines than the report), and the ``run_summary`` stage turns those records,
-the dataset counts and the headline AUROCs into the report's landing-page summary and its
-provenance table.
+Every job records :func:`environment` in an output it writes (they may run on other
+machines than the report): the data stages in their stores (``cxr.h5``, whose gather also
+keeps every image shard's record, and ``tokens.h5``), in ``dataset_summary.json`` or, for
+the stages that write only tables, in a small JSON beside them; training in
+``checkpoints.json`` and evaluation in ``summary.json``. The ``run_summary`` stage turns
+those records, the dataset counts and the headline AUROCs into the report's landing-page
+summary and its provenance table.
 """
 
 from __future__ import annotations
@@ -135,12 +138,19 @@ def _git(root: Path, *args: str) -> str:
 
 def hardware(device: Any = None) -> str:
     """The accelerator a job ran on (GPU model and count) or the CPU."""
-    import torch
+    if device is not None and str(device).startswith("cuda") and _cuda_available():
+        import torch
 
-    if device is not None and str(device).startswith("cuda") and torch.cuda.is_available():
         names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         return f"{len(names)} x {names[0]} (CUDA {torch.version.cuda})"
     return f"CPU: {_cpu_model()}, {os.cpu_count()} logical cores"
+
+
+def _cuda_available() -> bool:
+    """torch is imported only for a CUDA device: the CPU data stages do without it."""
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _cpu_model() -> str:
@@ -156,9 +166,9 @@ def _cpu_model() -> str:
 
 def gpu_model(device: Any = None) -> str:
     """The GPU a job computed on, or ``none`` (a CPU job, or no GPU visible)."""
-    import torch
+    if device is not None and str(device).startswith("cuda") and _cuda_available():
+        import torch
 
-    if device is not None and str(device).startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(torch.device(device))
     return "none"
 
@@ -192,22 +202,139 @@ def environment(device: Any = None) -> dict[str, Any]:
     }
 
 
+def write_job_record(path: Path) -> None:
+    """This job's :func:`environment` as JSON, for stages whose other outputs are tables."""
+    from chexdino.atomic import atomic_output
+
+    with atomic_output(Path(path)) as tmp:
+        Path(tmp).write_text(json.dumps({"environment": environment()}, indent=2) + "\n")
+
+
+def data_stage_environments(paths: Sequence[Path]) -> dict[str, dict[str, Any]]:
+    """Each data-stage job's record, named by rule, from the outputs that carry it.
+
+    ``<dataset>/select_environment.json`` -> ``select_<dataset>``;
+    ``impressions_environment.json`` -> ``impressions``; ``<dataset>/cxr.h5`` ->
+    ``gather_images <dataset>`` and ``image_shard <dataset> (N jobs)`` (their records grouped
+    by :func:`group_environments`); ``tokens.h5`` -> ``tokens``. A file without a record is
+    an error naming it: a column reading "not recorded" would hide a broken stage.
+    """
+    environments: dict[str, dict[str, Any]] = {}
+    for path in map(Path, paths):
+        dataset = path.parent.name
+        if path.name == "select_environment.json":
+            environments[f"select_{dataset}"] = _json_record(path)
+        elif path.name == "impressions_environment.json":
+            environments["impressions"] = _json_record(path)
+        elif path.suffix == ".h5":
+            own, shards = _h5_records(path)
+            if path.stem == "cxr":
+                if not shards:
+                    raise ValueError(f"{path}: no image shard records (provenance/image_shards)")
+                environments[f"image_shard {dataset} ({len(shards)} jobs)"] = (
+                    group_environments(shards))
+                environments[f"gather_images {dataset}"] = own
+            else:
+                environments[path.stem] = own
+        else:
+            raise ValueError(f"{path}: not a job record this summary knows")
+    return environments
+
+
+def _json_record(path: Path) -> dict[str, Any]:
+    record = json.loads(Path(path).read_text()).get("environment")
+    if not record:
+        raise ValueError(f"{path}: no 'environment' record")
+    return record
+
+
+def _h5_records(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """An HDF5 output's own ``environment`` attribute and its image shards' records."""
+    import h5py
+
+    with h5py.File(path, "r") as store:
+        if "environment" not in store.attrs:
+            raise ValueError(f"{path}: no 'environment' attribute")
+        own = json.loads(store.attrs["environment"])
+        shards = store.get("provenance/image_shards")
+        texts = shards.asstr()[()] if shards is not None else []
+    records = [json.loads(text) for text in texts]
+    if any(not record for record in records):
+        raise ValueError(f"{path}: an image shard without an 'environment' record")
+    return own, records
+
+
+def group_environments(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One record for many jobs of a rule (e.g. 64 image shards): each item's distinct values.
+
+    Numeric SLURM job ids are written as ranges (``101-164``), other items as their distinct
+    values in first-seen order, so the column stays readable whatever the shard count.
+    """
+    keys = list(dict.fromkeys(k for record in records for k in record if k != "packages"))
+    grouped: dict[str, Any] = {}
+    for key in keys:
+        values = [str(record.get(key, "not recorded")) for record in records]
+        grouped[key] = (_id_ranges(values) if key == "slurm_job_id"
+                        else ", ".join(dict.fromkeys(values)))
+    packages = [record.get("packages", {}) for record in records]
+    names = list(dict.fromkeys(name for versions in packages for name in versions))
+    grouped["packages"] = {name: ", ".join(dict.fromkeys(
+        versions.get(name, "not recorded") for versions in packages)) for name in names}
+    return grouped
+
+
+def _id_ranges(ids: Sequence[str]) -> str:
+    """``["103", "101", "102", "local"]`` -> ``"101-103, local"``."""
+    distinct = list(dict.fromkeys(ids))
+    numbers = sorted(int(i) for i in distinct if i.isdigit())
+    others = [i for i in distinct if not i.isdigit()]
+    runs: list[list[int]] = []
+    for number in numbers:
+        if runs and number == runs[-1][-1] + 1:
+            runs[-1].append(number)
+        else:
+            runs.append([number])
+    texts = [str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}" for run in runs]
+    return ", ".join(texts + others)
+
+
+DATA_STAGES: tuple[str, ...] = ("select_", "image_shard", "gather_images", "impressions",
+                                "tokens", "dataset_summary")
+"""Column-name prefixes of the data-preparation jobs (summed up in one landing-page clause)."""
+
+
 def where_jobs_ran(environments: dict[str, dict[str, Any]]) -> str:
-    """One sentence for the landing page: SLURM (job, partition, node, GPU per job) or local."""
+    """One sentence for the landing page: SLURM (job, partition, node, GPU per job) or local.
+
+    The jobs behind the numbers (training, evaluation) are named one by one; the data
+    preparation jobs (dozens with the image shards) in one clause: their rules, partitions
+    and nodes. Every job's id is in the provenance table.
+    """
     ran = {job: env for job, env in sorted(environments.items(), key=lambda i: i[0] == "report")
            if "executor" in env}  # the jobs behind the numbers first, this summary's last
     if not ran:
         return "Executor: not recorded."
-    slurm = {job: env for job, env in ran.items() if env["executor"] == "SLURM"}
+    slurm = {job: env for job, env in ran.items() if "SLURM" in _values(env, "executor")}
     if not slurm:
-        nodes = sorted({env.get("node", "?") for env in ran.values()})
+        nodes = sorted({node for env in ran.values() for node in _values(env, "node")})
         return f"Executor: local (no SLURM), on {', '.join(nodes)}."
+    data = {job: env for job, env in slurm.items() if job.startswith(DATA_STAGES)}
     parts = [f"``{job}`` job {env.get('slurm_job_id')} on partition "
              f"{env.get('slurm_partition')}, node {env.get('node')}, GPU {env.get('gpu', '?')}"
-             for job, env in slurm.items()]
-    local = sorted(set(ran) - set(slurm))
+             for job, env in slurm.items() if job not in data]
+    if data:
+        partitions = sorted({p for env in data.values() for p in _values(env, "slurm_partition")})
+        nodes = sorted({node for env in data.values() for node in _values(env, "node")})
+        parts.append(f"data preparation ({', '.join(data)}) on partition "
+                     f"{', '.join(partitions)}, node {', '.join(nodes)}")
+    local = [job for job in ran if job not in slurm]
     tail = f"; run locally: {', '.join(local)}" if local else ""
     return f"Executor: SLURM ({'; '.join(parts)}{tail})."
+
+
+def _values(env: dict[str, Any], key: str) -> list[str]:
+    """An item's values: one for a job, the distinct ones for a group of jobs."""
+    return str(env.get(key, "?")).split(", ")
 
 
 def provenance_table(environments: dict[str, dict[str, Any]]) -> pd.DataFrame:
@@ -283,14 +410,23 @@ def _headline(summary_json: Path) -> dict[str, Any]:
 
 def write_run_summary(dataset_json: Path, checkpoints_json: Path,
                       eval_summaries: dict[str, Path], config: dict[str, Any],
-                      out_rst: Path, out_table: Path, out_config: Path) -> None:
-    """Write the landing-page block, the per-job provenance table and the exact config."""
+                      out_rst: Path, out_table: Path, out_config: Path,
+                      job_records: Sequence[Path] = ()) -> None:
+    """Write the landing-page block, the per-job provenance table and the exact config.
+
+    ``job_records``: the data stages' outputs that carry their jobs' environment
+    (:func:`data_stage_environments`); the dataset summary, training and evaluation jobs
+    carry theirs in the files already read here.
+    """
     import yaml
 
     dataset = json.loads(Path(dataset_json).read_text())
     training = json.loads(Path(checkpoints_json).read_text())
     scorecards = {name: _headline(Path(p)) for name, p in eval_summaries.items()}
     environments = {"report": environment()}
+    environments.update(data_stage_environments(job_records))
+    if "environment" in dataset:
+        environments["dataset_summary"] = dataset.pop("environment")
     if "environment" in training:
         environments["train"] = training["environment"]
     for name, summary in scorecards.items():
@@ -303,4 +439,3 @@ def write_run_summary(dataset_json: Path, checkpoints_json: Path,
     Path(out_config).write_text(
         "# The configuration this run used (defaults, --configfile and --config merged).\n"
         + yaml.safe_dump(config, sort_keys=False))
-

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -30,12 +32,14 @@ def tokenize(texts: Sequence[str], context_length: int = 77) -> torch.Tensor:
 
 
 def build_tokens(
-    cxr_h5: Path, impressions_csv: Path, out_h5: Path, cfg: ReportsConfig
+    cxr_h5: Path, impressions_csv: Path, out_h5: Path, cfg: ReportsConfig,
+    environment: dict[str, Any] | None = None,
 ) -> dict[str, int]:
     """Tokenise each image row's study impression; rows without text get ``has_text`` False.
 
     One report serves all images of its study, so each impression is tokenised once and
-    broadcast to its image rows.
+    broadcast to its image rows. ``environment`` (this job's record) becomes the file's
+    ``environment`` attribute, for the provenance table.
     """
     context_length = cfg.context_length
     meta = h5store.read_meta(cxr_h5)
@@ -49,14 +53,14 @@ def build_tokens(
     if has_text.any():
         tokens[has_text] = unique.numpy()[row_pos[has_text].astype(int).to_numpy()]
     source = meta["study_id"].map(impressions["impression_source"]).fillna("rejected")
-    _write_tokens(out_h5, tokens, has_text, meta["dicom_id"], source)
+    _write_tokens(out_h5, tokens, has_text, meta["dicom_id"], source, environment)
     return {"rows": len(meta), "with_text": int(has_text.sum()),
             "without_text": int((~has_text).sum())}
 
 
 def _write_tokens(
     out_h5: Path, tokens: np.ndarray, has_text: np.ndarray, dicom_id: pd.Series,
-    source: pd.Series,
+    source: pd.Series, environment: dict[str, Any] | None = None,
 ) -> None:
     strings = h5py.string_dtype()
     with atomic_output(out_h5) as tmp, h5py.File(tmp, "w") as f:
@@ -67,6 +71,8 @@ def _write_tokens(
         f.create_dataset("impression_source", data=source.astype(str).to_numpy(dtype=object),
                          dtype=strings)
         f.attrs["context_length"] = tokens.shape[1]
+        if environment is not None:
+            f.attrs["environment"] = json.dumps(environment)
 
 
 def read_tokens(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,7 @@ rule impressions:
     output:
         impressions=f"{R}/mimic/impressions.csv",
         rejects=f"{R}/mimic/report_rejects.csv",
+        environment=f"{R}/mimic/impressions_environment.json",
     log:
         f"{R}/logs/impressions.log",
     conda:
@@ -18,7 +19,8 @@ rule impressions:
         report_root=lambda wildcards: config["mimic"]["report_root"],
     shell:
         "chexdino impressions --split {input.split} --report-root {params.report_root}"
-        " --out {output.impressions} --rejects {output.rejects} > {log} 2>&1"
+        " --out {output.impressions} --rejects {output.rejects}"
+        " --environment {output.environment} > {log} 2>&1"
 
 
 rule tokens:

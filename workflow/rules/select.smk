@@ -1,4 +1,5 @@
-# Stage 1: choose images from the official tables (manifest + select rejects).
+# Stage 1: choose images from the official tables (manifest + select rejects). The job's
+# environment (for the provenance table) goes to a JSON beside the tables.
 
 
 rule select_mimic:
@@ -10,6 +11,7 @@ rule select_mimic:
     output:
         manifest=f"{R}/mimic/manifest.csv",
         rejects=f"{R}/mimic/select_rejects.csv",
+        environment=f"{R}/mimic/select_environment.json",
     log:
         f"{R}/logs/select_mimic.log",
     conda:
@@ -25,7 +27,7 @@ rule select_mimic:
         " --chexpert {input.chexpert} --image-root {params.image_root}"
         " --image-suffix {params.image_suffix} --report-root {params.report_root}"
         " --select {params.select} --manifest {output.manifest} --rejects {output.rejects}"
-        " > {log} 2>&1"
+        " --environment {output.environment} > {log} 2>&1"
 
 
 rule select_chexpert_test:
@@ -39,6 +41,7 @@ rule select_chexpert_test:
     output:
         manifest=f"{R}/chexpert_test/manifest.csv",
         rejects=f"{R}/chexpert_test/select_rejects.csv",
+        environment=f"{R}/chexpert_test/select_environment.json",
     log:
         f"{R}/logs/select_chexpert_test.log",
     conda:
@@ -48,4 +51,4 @@ rule select_chexpert_test:
     shell:
         "chexdino select-chexpert --groundtruth {input.groundtruth}"
         " --image-root {params.image_root} --manifest {output.manifest}"
-        " --rejects {output.rejects} > {log} 2>&1"
+        " --rejects {output.rejects} --environment {output.environment} > {log} 2>&1"

@@ -38,12 +38,28 @@ rule dataset_summary:
         " --rejects {output.rejects} --figure {output.figure} > {log} 2>&1"
 
 
+def job_records():
+    """Each data set's selection record and image store, and the reports' two records."""
+    datasets = ["mimic"] + (["chexpert_test"] if config.get("chexpert_test") else [])
+    return [
+        *(
+            f"{R}/{d}/{name}"
+            for d in datasets
+            for name in ("select_environment.json", "cxr.h5")
+        ),
+        f"{R}/mimic/impressions_environment.json",
+        f"{R}/mimic/tokens.h5",
+    ]
+
+
 rule run_summary:
     input:
         code=stage_code("provenance"),
         dataset=f"{R}/mimic/dataset_summary.json",
         checkpoints=f"{R}/train/checkpoints.json",
         scorecards=expand(f"{R}/eval/{{evalset}}/summary.json", evalset=eval_sets()),
+        # Outputs of the data stages that carry their jobs' environment.
+        records=job_records(),
     output:
         landing=f"{R}/run_summary.rst",
         provenance=report(
@@ -66,4 +82,4 @@ rule run_summary:
         "chexdino run-summary --dataset {input.dataset} --checkpoints {input.checkpoints}"
         " --eval-summaries {input.scorecards} --config {params.config}"
         " --out {output.landing} --provenance {output.provenance}"
-        " --config-out {output.config} > {log} 2>&1"
+        " --config-out {output.config} --job-records {input.records} > {log} 2>&1"
