@@ -47,6 +47,21 @@ def test_dag_runs_and_accounts_for_every_record(finished_run, small_demo):
     assert len(no_report) and (no_report["reason"] == "report file not found").all()
     empty = rejects[rejects["study_id"].isin(bad["empty_report"])]
     assert len(empty) and empty["reason"].str.contains("no usable text").all()
+    # Every data-stage job names where it ran in the provenance table (here: locally).
+    provenance = pd.read_csv(results / "provenance.csv", keep_default_na=False)
+    table = provenance.set_index("item")
+    shards = {dataset: [c for c in table.columns if c.startswith(f"image_shard {dataset} (")]
+              for dataset in ("mimic", "chexpert_test")}
+    assert all(len(columns) == 1 for columns in shards.values()), list(table.columns)
+    data_jobs = ["select_mimic", "select_chexpert_test", "gather_images mimic",
+                 "gather_images chexpert_test", "impressions", "tokens", "dataset_summary",
+                 *shards["mimic"], *shards["chexpert_test"]]
+    assert set(data_jobs) <= set(table.columns), list(table.columns)
+    for job in data_jobs:
+        assert (table.loc["executor", job], table.loc["slurm_job_id", job],
+                table.loc["gpu", job]) == ("local", "local", "none"), job
+        assert table.loc["chexdino", job] == table.loc["chexdino", "report"], job
+    assert "Executor: local (no SLURM), on " in (results / "run_summary.rst").read_text()
 
 
 def test_image_store_and_tokens_are_row_aligned(finished_run):
