@@ -270,27 +270,54 @@ def test_every_job_went_through_sbatch_fitted_to_the_cluster(slurm_run, cluster)
 
 
 def test_report_provenance_names_each_jobs_slurm_job_partition_and_node(slurm_run, cluster):
-    results = slurm_run["results"]
+    results, logdir = slurm_run["results"], slurm_run["logdir"]
     table = pd.read_csv(results / "provenance.csv", keep_default_na=False).set_index("item")
-    by_rule = slurm_jobs_by_rule(slurm_run["logdir"])
+    by_rule = slurm_jobs_by_rule(logdir)
     finished = cluster.jobcomp()
     jobs = {"train": by_rule["train"][0]}
     for evalset in ("mimic_test", "chexpert_test"):
-        log = next(slurm_run["logdir"].glob(f"rule_evaluate/{evalset}/*.log"))
+        log = next(logdir.glob(f"rule_evaluate/{evalset}/*.log"))
         jobs[f"evaluate {evalset}"] = log.stem
-    assert sorted(table.columns) == sorted([*jobs, "report"])
-    # The report's summary (run_summary, a local rule) ran in the head process.
-    assert table["report"]["executor"] == "local", table["report"]
-    assert "run_summary" not in by_rule
+    # The data stages: one column per job, the image shards of a data set in one column.
+    for rule in ("select_mimic", "impressions", "tokens", "dataset_summary"):
+        (jobs[rule],) = by_rule[rule]
+    shards = {}
+    for dataset in ("mimic", "chexpert_test"):
+        gather = next(logdir.glob(f"rule_gather_images/{dataset}/*.log"))
+        jobs[f"gather_images {dataset}"] = gather.stem
+        ids = sorted(log.stem for log in logdir.glob(f"rule_image_shard/{dataset}_*/*.log"))
+        shards[f"image_shard {dataset} ({len(ids)} jobs)"] = ids
+    local = ["select_chexpert_test", "report"]  # local rules: run in the head process
+    assert sorted(table.columns) == sorted([*jobs, *shards, *local])
+    for column in local:
+        assert table[column]["executor"] == "local", table[column]
+    assert "run_summary" not in by_rule and "select_chexpert_test" not in by_rule
     for column, job_id in jobs.items():
         recorded = table[column]
         assert recorded["executor"] == "SLURM" and recorded["slurm_job_id"] == job_id, column
         assert recorded["slurm_partition"] == finished[job_id]["Partition"], column
         assert recorded["node"] == finished[job_id]["NodeList"], column
         assert recorded["gpu"] == "none", column  # the demo computes on the CPU
+    for column, ids in shards.items():
+        recorded = table[column]
+        assert len(ids) > 1 and recorded["executor"] == "SLURM", column
+        assert expand_job_ids(recorded["slurm_job_id"]) == ids, (column, recorded)
+        for item, field in (("slurm_partition", "Partition"), ("node", "NodeList")):
+            assert set(recorded[item].split(", ")) == {finished[i][field] for i in ids}, column
+        assert recorded["gpu"] == "none", column
     landing = (results / "run_summary.rst").read_text()
     assert f"Executor: SLURM (``train`` job {jobs['train']} on partition" in landing
-    assert "; run locally: report)." in landing
+    assert "; data preparation (select_mimic, image_shard mimic (" in landing
+    assert "; run locally: select_chexpert_test, report)." in landing
+
+
+def expand_job_ids(text: str) -> list[str]:
+    """``"101-103, 105"`` (the provenance table's ranges) -> the job ids, sorted."""
+    ids = []
+    for part in text.split(", "):
+        first, _, last = part.partition("-")
+        ids += [str(i) for i in range(int(first), int(last or first) + 1)]
+    return sorted(ids)
 
 
 def test_a_gpu_request_on_a_cluster_without_gpus_stops_at_once(cluster, small_demo, tmp_path):
