@@ -81,6 +81,21 @@ def eval_store(wildcards):
     return f"{R}/{dataset}/cxr.h5"
 
 
+def job_records():
+    """Outputs carrying the data-stage jobs' environment, for run_summary's provenance table:
+    each data set's selection record and image store (with its shards'), the reports' two."""
+    datasets = ["mimic"] + (["chexpert_test"] if config.get("chexpert_test") else [])
+    return [
+        *(
+            f"{R}/{d}/{name}"
+            for d in datasets
+            for name in ("select_environment.json", "cxr.h5")
+        ),
+        f"{R}/mimic/impressions_environment.json",
+        f"{R}/mimic/tokens.h5",
+    ]
+
+
 def validation_prompts():
     """The prompt settings training needs for its validation AUROC (model selection).
 

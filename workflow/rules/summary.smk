@@ -38,20 +38,6 @@ rule dataset_summary:
         " --rejects {output.rejects} --figure {output.figure} > {log} 2>&1"
 
 
-def job_records():
-    """Each data set's selection record and image store, and the reports' two records."""
-    datasets = ["mimic"] + (["chexpert_test"] if config.get("chexpert_test") else [])
-    return [
-        *(
-            f"{R}/{d}/{name}"
-            for d in datasets
-            for name in ("select_environment.json", "cxr.h5")
-        ),
-        f"{R}/mimic/impressions_environment.json",
-        f"{R}/mimic/tokens.h5",
-    ]
-
-
 rule run_summary:
     input:
         code=stage_code("provenance"),
