@@ -83,7 +83,8 @@ def eval_store(wildcards):
 
 def job_records():
     """Outputs carrying the data-stage jobs' environment, for run_summary's provenance table:
-    each data set's selection record and image store (with its shards'), the reports' two."""
+    each data set's selection record and image store (with its shards'), the reports' two.
+    """
     datasets = ["mimic"] + (["chexpert_test"] if config.get("chexpert_test") else [])
     return [
         *(
