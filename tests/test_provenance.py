@@ -290,6 +290,9 @@ def test_a_data_output_without_its_jobs_record_is_an_error_naming_it(tmp_path):
     h5store.write_store(tmp_path / "tokens.h5", pixels, meta, 8)  # no environment given
     with pytest.raises(ValueError, match=r"tokens\.h5: no 'environment' attribute"):
         data_stage_environments([tmp_path / "tokens.h5"])
+    h5store.gather_stores([tmp_path / "tokens.h5"], tmp_path / "cxr.h5", environment())
+    with pytest.raises(ValueError, match=r"cxr\.h5: an image shard without an 'environment'"):
+        data_stage_environments([tmp_path / "cxr.h5"])
     (tmp_path / "select_environment.json").write_text("{}")
     with pytest.raises(ValueError, match=r"select_environment\.json: no 'environment'"):
         data_stage_environments([tmp_path / "select_environment.json"])
