@@ -31,12 +31,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 def rule_arguments(work: Path, store: Path, nproc: int) -> list[str]:
     """The train rule's command line, its JSON arguments built from config.yaml."""
+    from chexdino.config import PROMPT_KEYS
+
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     model = config["model"]
     model["vision"].update(random_init=True, weights=None)
     model["text"].update(random_init=True, weights=None)
-    keys = ("positive_templates", "negative_templates", "prompt_overrides")
-    prompts = {k: config["evaluate"][k] for k in keys}
+    prompts = {k: config["evaluate"][k] for k in PROMPT_KEYS}
     return [sys.executable, "-m", "chexdino.cli", "train", "--cxr", str(store / "cxr.h5"),
             "--tokens", str(store / "tokens.h5"), "--out-dir", str(work / "train"),
             "--model", json.dumps(model), "--train", json.dumps(config["train"]),

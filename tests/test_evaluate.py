@@ -97,7 +97,12 @@ def test_ensemble_members_are_the_top_k_by_validation_metric(tmp_path):
 
 def test_evaluation_uses_the_normalisation_recorded_in_the_checkpoint(store_and_checkpoints,
                                                                       tmp_path):
-    from chexdino.evaluate import embed_images, load_checkpoint, zero_shot_probs
+    from chexdino.evaluate import (
+        embed_images,
+        load_checkpoint_model,
+        model_normalization,
+        zero_shot_probs,
+    )
 
     cxr, (a, _), _ = store_and_checkpoints
     ckpt = torch.load(a, weights_only=True)
@@ -105,8 +110,10 @@ def test_evaluation_uses_the_normalisation_recorded_in_the_checkpoint(store_and_
     torch.save({**ckpt, "normalize": "imagenet"}, imagenet)
     run(cxr, [a], tmp_path / "clip")  # no record: written before the setting, i.e. clip
     run(cxr, [imagenet], tmp_path / "imagenet")
-    model, normalize = load_checkpoint(imagenet, torch.device("cpu"))
-    assert normalize == "imagenet" and load_checkpoint(a, torch.device("cpu"))[1] == "clip"
+    model = load_checkpoint_model(imagenet, torch.device("cpu"))
+    normalize = model_normalization(model)
+    assert normalize == "imagenet" and model_normalization(
+        load_checkpoint_model(a, torch.device("cpu"))) == "clip"
     rows = np.arange(30)  # the test split
     emb = embed_images(model, h5store.load_cxr_array(cxr, rows), 32, torch.device("cpu"), 16,
                        "fp32", "imagenet")

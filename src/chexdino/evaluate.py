@@ -81,24 +81,18 @@ def zero_shot_probs(
 
 def load_checkpoint_model(path: Path, device: torch.device) -> ChexDino:
     """Rebuild a trained model from a chexdino checkpoint (weights-only load); the model
-    carries the image normalisation it was trained with as ``model.normalize``."""
-    model, normalize = load_checkpoint(path, device)
-    model.normalize = normalize
-    return model
+    carries the image normalisation it was trained with as ``model.normalize`` (checkpoints
+    written before ``train.normalize`` existed were all trained with ``clip``)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    model = build_model(ckpt["model_config"], load_weights=False)
+    model.load_state_dict(ckpt["model"])
+    model.normalize = str(ckpt.get("normalize", "clip"))
+    return model.to(device).eval()
 
 
 def model_normalization(model: torch.nn.Module) -> str:
     """The image normalisation a loaded model expects (``clip`` unless it records another)."""
     return str(getattr(model, "normalize", "clip"))
-
-
-def load_checkpoint(path: Path, device: torch.device) -> tuple[ChexDino, str]:
-    """The trained model and the image normalisation it was trained with (checkpoints
-    written before ``train.normalize`` existed were all trained with ``clip``)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    model = build_model(ckpt["model_config"], load_weights=False)
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), str(ckpt.get("normalize", "clip"))
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
-from chexdino.config import validate_config
+from chexdino.config import PROMPT_KEYS, validate_config
 from chexdino.distributed import processes_per_node
 from chexdino.job_env import export_source_folder, put_planning_environment_first
 from chexdino.provenance import module_closure
@@ -103,8 +103,7 @@ def validation_prompts():
     Only these reach the train rule, so changing another evaluation setting (uncertain-label
     policy, bootstrap, ensemble) reruns evaluation, not training.
     """
-    keys = ("positive_templates", "negative_templates", "prompt_overrides")
-    return {k: config["evaluate"][k] for k in keys if k in config["evaluate"]}
+    return {k: config["evaluate"][k] for k in PROMPT_KEYS if k in config["evaluate"]}
 
 
 def published_comparison():
