@@ -7,12 +7,21 @@ import socket
 import warnings
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.multiprocessing as mp
 
 from chexdino.config import ModelConfig, PromptConfig, TrainConfig
-from chexdino.distributed import DataParallelOptions, World, local_slice, world_from_env
+from chexdino.distributed import (
+    DataParallelOptions,
+    World,
+    gather_rows,
+    local_slice,
+    rank_share,
+    world_from_env,
+)
 from chexdino.train import Trainer
 from test_train import make_trainer, train_cfg
 
@@ -113,8 +122,11 @@ def test_compiled_two_process_step_equals_the_eager_one(tiny_store, tmp_path, ti
 
 @pytest.mark.slow  # two trainer processes: 13-20 s each
 def test_two_process_run_and_resume_across_world_sizes(tiny_store, tmp_path, tiny_model_cfg):
-    """A 2-process run checkpoints; 1 process resumes it; weights match a 1-process run."""
-    reference = make_trainer(tiny_store, tmp_path / "ref", tiny_model_cfg, steps=6)
+    """A 2-process run checkpoints; 1 process resumes it; weights match a 1-process run.
+    The 2-process validations (each process embeds half of the 16 films) score what one
+    process scores."""
+    reference = make_trainer(tiny_store, tmp_path / "ref", tiny_model_cfg, steps=6,
+                             ckpt_every=2, val_every=2)
     reference.run()
     spawn(2, {**base_args(tiny_store, tmp_path / "mixed", tiny_model_cfg, steps=6),
               "mode": "run", "train": train_cfg(steps=6, ckpt_every=2, val_every=2)})
@@ -128,6 +140,11 @@ def test_two_process_run_and_resume_across_world_sizes(tiny_store, tmp_path, tin
     assert resumed.step == 6
     for name, value in reference.model.state_dict().items():
         assert torch.allclose(resumed.model.state_dict()[name], value, atol=1e-5), name
+    ref_val = pd.read_csv(tmp_path / "ref" / "validation.csv")
+    mixed_val = pd.read_csv(tmp_path / "mixed" / "validation.csv")
+    assert list(mixed_val["step"]) == list(ref_val["step"]) == [2, 4, 6]
+    for column in ("val_loss", "val_auroc"):
+        assert np.allclose(mixed_val[column], ref_val[column], atol=1e-5), column
 
 
 @pytest.mark.slow  # two trainer processes: 13-20 s each
@@ -151,6 +168,29 @@ def test_cli_relaunches_under_torchrun(tiny_store, tmp_path, tiny_model_cfg):
     assert "training process 2 of 2" in result.stderr
     best = torch.load(tmp_path / "cli" / "best.pt", weights_only=True)
     assert best["step"] == 2
+
+
+def _gather_worker(rank: int, world: int, port: int, n_rows: int, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    me = World(rank, world)
+    share = rank_share(n_rows, me)
+    rows = torch.from_numpy(share).float()[:, None] * torch.tensor([[1.0, -1.0]])
+    torch.save(gather_rows(rows, me, n_rows), Path(out) / f"rows{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("n_rows", [7, 2, 1])
+def test_rank_shares_cover_every_row_once_and_gather_in_order(tmp_path, n_rows):
+    """3 ranks split 7, 2 or 1 rows (uneven, some empty); every rank gets all rows in order."""
+    shares = [rank_share(n_rows, World(r, 3)) for r in range(3)]
+    assert np.array_equal(np.concatenate(shares), np.arange(n_rows))
+    mp.spawn(_gather_worker, args=(3, free_port(), n_rows, str(tmp_path)), nprocs=3, join=True)
+    want = torch.arange(n_rows).float()[:, None] * torch.tensor([[1.0, -1.0]])
+    for rank in range(3):
+        assert torch.equal(torch.load(tmp_path / f"rows{rank}.pt"), want)
 
 
 def test_launch_command_picks_torchrun_on_one_node_and_srun_across_nodes():

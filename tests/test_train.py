@@ -238,3 +238,34 @@ def test_compile_auto_takes_cuda_graphs_on_a_gpu_and_eager_on_a_cpu():
     assert section({"compile": True, "compile_mode": "max-autotune"}).compile_mode_on(
         torch.device("cuda")) == "max-autotune"
     assert section({"compile": False}).compile_mode_on(torch.device("cuda")) is None
+
+
+@pytest.mark.slow  # two compiling trainer processes: ~1 min
+def test_a_resumed_compiled_run_loads_its_graphs_from_the_run_folder(tiny_store, tmp_path,
+                                                                     tiny_model_cfg):
+    """Compilation is paid once per run: the job that resumes (a new process, as after a
+    SLURM resubmission) loads the compiled graphs from the run's compile_cache folder."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cxr, tokens = tiny_store
+    out = tmp_path / "run"
+    cmd = [str(Path(sys.executable).parent / "chexdino"), "train", "--cxr", str(cxr),
+           "--tokens", str(tokens), "--out-dir", str(out), "--model", json.dumps(tiny_model_cfg),
+           "--train", json.dumps(train_cfg(steps=4, keep_last=2, compile=True)), "--evaluate", "{}"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHINDUCTOR")}
+    env["OMP_NUM_THREADS"] = "1"
+    uses = []
+    for _ in range(2):
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        info = json.loads((out / "checkpoints.json").read_text())
+        uses.append(info["training_path"]["compile_cache"])
+        (out / "checkpoints" / "step_0000004.pt").unlink()  # the rerun resumes at step 2
+        (out / "best.pt").unlink()
+    assert "resumed from" in result.stderr
+    assert uses[0]["compiled"] >= 1 and uses[0]["loaded"] == 0, uses
+    assert uses[1]["loaded"] >= 1 and uses[1]["compiled"] == 0
+    assert any((out / "compile_cache").rglob("*")), "the cache lives in the run folder"

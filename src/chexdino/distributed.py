@@ -20,6 +20,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -230,6 +231,25 @@ def gather_with_grad(features: torch.Tensor, world: World, functional: bool = Tr
     from torch.distributed.nn.functional import all_gather
 
     return torch.cat(all_gather(features.contiguous()), dim=0)
+
+
+def rank_share(n_rows: int, world: World) -> np.ndarray:
+    """This rank's contiguous share of ``n_rows`` rows (``np.array_split``: sizes differ by at
+    most one), so N processes split a pass over a fixed set, such as validation, N ways."""
+    return np.array_split(np.arange(n_rows), world.size)[world.rank]
+
+
+def gather_rows(rows: torch.Tensor, world: World, n_rows: int) -> torch.Tensor:
+    """Every rank's ``rank_share`` of ``n_rows`` rows, concatenated in rank order, on every
+    rank: the result is the tensor one process computing all rows would hold."""
+    if not world.distributed:
+        return rows
+    counts = [len(share) for share in np.array_split(np.arange(n_rows), world.size)]
+    padded = rows.new_zeros((max(counts), *rows.shape[1:]))
+    padded[:len(rows)] = rows
+    parts = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:count] for part, count in zip(parts, counts, strict=True)])
 
 
 def any_rank(flag: bool, world: World, device: torch.device) -> bool:

@@ -44,7 +44,7 @@ def embed_images(
         with autocast(device, precision):
             out.append(model.encode_image(x).float())
     if not out:
-        return torch.empty(0, model.cfg.embed_dim)
+        return torch.empty(0, model.cfg.embed_dim, device=device)
     return torch.cat(out)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,9 +32,11 @@ from chexdino.distributed import (
     FlatGradientMean,
     any_rank,
     barrier,
+    gather_rows,
     gather_with_grad,
     init_world,
     local_slice,
+    rank_share,
     shutdown,
     wrap_data_parallel,
 )
@@ -51,6 +54,9 @@ TRAINING_CODE = code_fingerprint(("train",))
 RESUME_SAFE_KEYS = frozenset({"keep_last", "keep_best", "log_every", "data_on_device",
                               "compile", "compile_mode", "device"})
 """Settings that may change between a stop and its resume without changing the run."""
+
+VALIDATION_BATCH = 512
+"""Images (and texts) per forward pass in validation: no gradients, so large batches fit."""
 
 RESUME_EXIT_CODE = 75
 """Exit status after a checkpoint written on SIGUSR1/SIGTERM: "rerun me to resume" (EX_TEMPFAIL)."""
@@ -144,8 +150,9 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.train = load_split(cxr_h5, tokens_h5, "train", self.device, self.cfg.data_on_device)
-        self.val = load_split(cxr_h5, tokens_h5, "validate", self.device, "host",
-                              self.cfg.val_max_images)
+        # Validation films stay where the training films are (on the GPU when they fit).
+        self.val = load_split(cxr_h5, tokens_h5, "validate", self.device,
+                              self.cfg.data_on_device, self.cfg.val_max_images)
         if len(self.train.bank) < self.cfg.batch_size:
             raise ValueError(f"train.batch_size {self.cfg.batch_size} is larger than the "
                              f"{len(self.train.bank)} training rows with image and text")
@@ -159,6 +166,9 @@ class Trainer:
                                   else None)
         self.optimizer = make_optimizer(self.model, self.cfg)
         self.compile_mode = self.cfg.compile_mode_on(self.device)
+        if self.compile_mode:
+            log.info("compiled graphs are cached in %s",
+                     keep_compile_cache(self.out_dir / "compile_cache"))
         log.info("training path: %s, %s, %d process(es)",
                  f"torch.compile {self.compile_mode}" if self.compile_mode else "eager",
                  self.cfg.precision, self.world.size)
@@ -230,7 +240,7 @@ class Trainer:
                 window, tick, tick_step = [], time.perf_counter(), self.step
             stopping = self._stop_agreed(at_log)
             if self.step % self.cfg.val_every == 0 or self.step == self.cfg.steps:
-                self.on_main(self.validate)
+                self.validate()
             if self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps or stopping:
                 if window:
                     self._log(window, tick, tick_step)
@@ -276,40 +286,62 @@ class Trainer:
                            if self.device.type == "cuda" else 0.0),
         }
         self.log_rows.append(row)
+        if self.world.is_main and self.compile_mode and len(self.log_rows) == 1:
+            log.info("torch.compile: %s", compile_cache_use())
         if self.world.is_main:
             log.info("step %(step)d loss %(loss).4f lr %(lr).2e T %(temperature).4f "
                      "%(img_per_s).0f img/s", row)
 
     @torch.no_grad()
-    def validate(self) -> dict[str, Any]:
-        """Contrastive loss on the validation split, plus zero-shot AUROC when it has labels."""
+    def validate(self) -> dict[str, Any] | None:
+        """Contrastive loss on the validation split, plus zero-shot AUROC when it has labels.
+
+        Every process embeds its share of the images and texts (N GPUs take 1/N of the pass);
+        the main process scores them, records the row and writes ``best.pt``.
+        """
         started = time.perf_counter()
-        n, bs = len(self.val.bank), self.cfg.batch_size
+        try:
+            img, txt = self._validation_embeddings()
+        finally:
+            self.model.train()
+        if not self.world.is_main:
+            return None
         val_loss = val_auroc = float("nan")
-        if n:
-            # Image embeddings are computed once and serve both the loss and the AUROC.
-            img = embed_images(self.model, self.val.bank.batch(np.arange(n)),
-                               self.cfg.input_size, self.device, 256, self.cfg.precision,
-                               self.cfg.normalize)
-            txt = torch.cat([self._embed_tokens(self.val.tokens[s:s + 256])
-                             for s in range(0, n, 256)])
+        if img is not None:
+            bs, n = self.cfg.batch_size, len(img)
             scale = self.model.logit_scale.exp().float()
             losses = [contrastive_loss(img[s:s + bs], txt[s:s + bs], scale)
                       for s in range(0, n - bs + 1, bs)]
             val_loss = torch.stack(losses).mean().item() if losses else float("nan")
             val_auroc = validation_auroc(self.model, img, self.val.labels, self.prompts,
                                          self.device, self.cfg.precision)
-        self.model.train()
+            self.model.train()
         row = {"step": self.step, "val_loss": val_loss, "val_auroc": val_auroc,
                "seconds": time.perf_counter() - started}
         self.val_rows.append(row)
         log.info("validation at step %(step)d: loss %(val_loss).4f, zero-shot mean AUROC "
-                 "%(val_auroc).4f", row)
+                 "%(val_auroc).4f (%(seconds).2f s)", row)
         if self._is_best(row):
             best = self.ckpt_dir / "best.pt"
             self._write(self._weights_payload(row), lambda payload: self._atomic_save(
                 payload, best), background=self._can_write_behind())
         return row
+
+    def _validation_embeddings(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Image and text embeddings of every validation row, in row order, on every process;
+        each process computes its ``rank_share``. Image embeddings serve both the loss and
+        the AUROC."""
+        n = len(self.val.bank)
+        if not n:
+            return None, None
+        mine = rank_share(n, self.world)
+        img = embed_images(self.model, self.val.bank.batch(mine), self.cfg.input_size,
+                           self.device, VALIDATION_BATCH, self.cfg.precision, self.cfg.normalize)
+        tokens = self.val.tokens[torch.from_numpy(mine).to(self.device)]
+        txt = [self._embed_tokens(tokens[s:s + VALIDATION_BATCH])
+               for s in range(0, len(mine), VALIDATION_BATCH)]
+        txt = torch.cat(txt) if txt else img.new_zeros((0, img.shape[1]))
+        return gather_rows(img, self.world, n), gather_rows(txt, self.world, n)
 
     def _can_write_behind(self) -> bool:
         """Files may be written while training continues (a GPU run not at its last step)."""
@@ -479,7 +511,8 @@ class Trainer:
         speeds = [r["img_per_s"] for r in self.log_rows[1:]]  # the first window compiles
         return {"compile": self.compile_mode or "eager", "precision": self.cfg.precision,
                 "processes": self.world.size, "device": str(self.device),
-                "median_img_per_s": float(np.median(speeds)) if speeds else None}
+                "median_img_per_s": float(np.median(speeds)) if speeds else None,
+                "compile_cache": compile_cache_use() if self.compile_mode else None}
 
     def finish(self) -> dict[str, Any]:
         """Copy the best weights to ``best.pt`` (the rule's output) and write the tables."""
@@ -488,6 +521,30 @@ class Trainer:
         self._atomic_save(best, self.out_dir / "best.pt")
         self.write_tables(best_step=best["step"])
         return {"steps": self.step, "best_step": best["step"], "best_val": best["val"]}
+
+
+def keep_compile_cache(folder: Path) -> Path:
+    """Keep torch.compile's on-disk caches with the run, unless ``TORCHINDUCTOR_CACHE_DIR``
+    is set: a job resumed on any node that sees the results folder then loads the compiled
+    graphs instead of compiling them again (PyTorch's default is the node's own /tmp)."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    # PyTorch writes its default into the variable the first time it looks, so that value
+    # counts as unset.
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if chosen is None or os.path.abspath(chosen) == os.path.abspath(default_cache_dir()):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(folder).absolute())
+    return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+
+
+def compile_cache_use() -> dict[str, int]:
+    """How many of this process's compiled graphs were loaded from the cache and how many
+    were compiled (forward + backward pairs: PyTorch's AOTAutograd cache counters)."""
+    from torch._dynamo.utils import counters
+
+    found = counters["aot_autograd"]
+    return {"loaded": int(found["autograd_cache_hit"]),
+            "compiled": int(found["autograd_cache_miss"] + found["autograd_cache_bypass"])}
 
 
 def _host_copy(payload: Any, device: torch.device) -> tuple[Any, torch.cuda.Event]:
