@@ -62,19 +62,32 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def signal_masks(pid: int) -> str:
+    """The process's blocked / ignored / caught signal masks (USR1 is bit 10: 0x200)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return "gone"
+    return " ".join(line.replace("\t", "") for line in status
+                    if line.startswith(("SigBlk", "SigIgn", "SigCgt")))
+
+
 def signal_trainers(launcher: subprocess.Popen, nproc: int) -> None:
     """USR1 to the training processes, as SLURM sends it to the job step's tasks (under
     torchrun: the processes below it that run chexdino, not the launcher itself)."""
-    if nproc == 1:
-        launcher.send_signal(signal.SIGUSR1)
-        return
-    for pid in descendants(launcher.pid):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"chexdino.cli" in cmdline:
-            os.kill(pid, signal.SIGUSR1)
+    pids = [launcher.pid] if nproc == 1 else [
+        pid for pid in descendants(launcher.pid)
+        if b"chexdino.cli" in _cmdline(pid)]
+    for pid in pids:
+        print(f"USR1 to {pid} ({signal_masks(pid)})", flush=True)
+        os.kill(pid, signal.SIGUSR1)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def main() -> None:

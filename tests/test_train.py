@@ -269,3 +269,40 @@ def test_a_resumed_compiled_run_loads_its_graphs_from_the_run_folder(tiny_store,
     assert uses[0]["compiled"] >= 1 and uses[0]["loaded"] == 0, uses
     assert uses[1]["loaded"] >= 1 and uses[1]["compiled"] == 0
     assert any((out / "compile_cache").rglob("*")), "the cache lives in the run folder"
+
+
+@pytest.mark.slow  # one trainer process: ~15 s
+def test_wall_time_signal_reaches_a_trainer_whose_parent_blocked_it(tiny_store, tmp_path,
+                                                                    tiny_model_cfg):
+    """A blocked signal mask is inherited: a launcher that blocks USR1 must not make the
+    trainer deaf to SLURM's warning. The trainer unblocks it, checkpoints and exits 75."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cxr, tokens = tiny_store
+    out = tmp_path / "run"
+    cmd = [str(Path(sys.executable).parent / "chexdino"), "train", "--cxr", str(cxr),
+           "--tokens", str(tokens), "--out-dir", str(out), "--model", json.dumps(tiny_model_cfg),
+           "--train", json.dumps(train_cfg(steps=100_000, log_every=1, ckpt_every=10**6,
+                                           val_every=10**6)), "--evaluate", "{}"]
+    trainer = subprocess.Popen(
+        cmd, stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+        preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1}))
+    lines = []
+    for line in trainer.stderr:
+        lines.append(line)
+        if " step 3 loss" in line:
+            trainer.send_signal(signal.SIGUSR1)
+            break
+    try:
+        _, rest = trainer.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        trainer.kill()
+        raise AssertionError("the trainer ignored USR1") from None
+    log = "".join(lines) + rest
+    assert trainer.returncode == RESUME_EXIT_CODE, log[-2000:]
+    assert "SIGUSR1 arrived blocked from the parent process" in log
+    assert "received signal 10" in log
+    assert sorted(p.name for p in (out / "checkpoints").glob("step_*.pt"))

@@ -100,9 +100,19 @@ class StopRequest:
     def __init__(self) -> None:
         self.signal: int | None = None
 
+    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
     def install(self) -> None:
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
-            signal.signal(sig, self._handle)
+        """Catch the signals (again: a library that set its own handler, or blocked them,
+        while CUDA or the compiler started would otherwise swallow SLURM's warning)."""
+        for sig in self.SIGNALS:
+            if signal.getsignal(sig) != self._handle:
+                signal.signal(sig, self._handle)
+        blocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, self.SIGNALS)
+        inherited = sorted(signal.Signals(s).name for s in blocked if s in self.SIGNALS)
+        if inherited:  # a blocked mask is inherited from the parent process
+            log.warning("%s arrived blocked from the parent process; unblocked so that "
+                        "the wall-time warning reaches training", ", ".join(inherited))
 
     def _handle(self, signum: int, _frame: Any) -> None:
         log.warning("received signal %d: checkpointing after this step", signum)
@@ -238,6 +248,7 @@ class Trainer:
             if at_log:
                 self._log(window, tick, tick_step)
                 window, tick, tick_step = [], time.perf_counter(), self.step
+                self.stop.install()
             stopping = self._stop_agreed(at_log)
             if self.step % self.cfg.val_every == 0 or self.step == self.cfg.steps:
                 self.validate()
