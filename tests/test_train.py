@@ -306,3 +306,35 @@ def test_wall_time_signal_reaches_a_trainer_whose_parent_blocked_it(tiny_store, 
     assert "SIGUSR1 arrived blocked from the parent process" in log
     assert "received signal 10" in log
     assert sorted(p.name for p in (out / "checkpoints").glob("step_*.pt"))
+
+
+def test_wall_time_signal_survives_a_library_taking_it_over(tiny_store, tmp_path,
+                                                          tiny_model_cfg, monkeypatch):
+    """Code below Python (here libc's signal(), as a native library would call it) sets
+    USR1 to be ignored after training started; Python still reports its own handler. The
+    trainer re-installs its handlers at the next log window, so the warning still stops it."""
+    import ctypes
+    import os
+
+    libc = ctypes.CDLL(None)
+    trainer = make_trainer(tiny_store, tmp_path / "run", tiny_model_cfg, steps=40,
+                           log_every=2, ckpt_every=100, val_every=100)
+    step = trainer.train_step
+
+    def takeover_then_signal(n: int):
+        if n == 1:
+            libc.signal(signal.SIGUSR1, ctypes.c_void_p(1))  # SIG_IGN, unseen by Python
+        if n == 5:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return step(n)
+
+    monkeypatch.setattr(trainer, "train_step", takeover_then_signal)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            trainer.run()
+    finally:
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    assert stopped.value.code == RESUME_EXIT_CODE
+    assert trainer.step == 6
+    assert (tmp_path / "run" / "checkpoints" / "step_0000006.pt").exists()

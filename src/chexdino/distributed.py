@@ -13,6 +13,7 @@ SLURM_LOCALID; the rendezvous address is the job's first node, as SLURM names it
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import subprocess
@@ -267,5 +268,22 @@ def barrier(world: World) -> None:
 
 
 def shutdown(world: World) -> None:
-    if world.distributed and dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave the process group once every rank is done with it.
+
+    With NCCL, CUDA graphs that captured a collective (the compiled step's feature
+    all-gather) keep the communicator in use, and ``destroy_process_group`` then waits
+    forever (pytorch/pytorch#115388; a 2 x H200 run hung 5 minutes after its last step). So
+    the graphs are released first, and the communicators are aborted rather than drained:
+    all ranks have passed the final barrier, so nothing is in flight.
+    """
+    if not (world.distributed and dist.is_initialized()):
+        return
+    if dist.get_backend() == "nccl":
+        torch.cuda.synchronize()
+        torch._dynamo.reset()  # frees the compiled step and its CUDA graphs
+        gc.collect()
+        abort = getattr(dist.distributed_c10d, "_abort_process_group", None)
+        if abort is not None:
+            abort()
+            return
+    dist.destroy_process_group()

@@ -103,11 +103,12 @@ class StopRequest:
     SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
     def install(self) -> None:
-        """Catch the signals (again: a library that set its own handler, or blocked them,
-        while CUDA or the compiler started would otherwise swallow SLURM's warning)."""
+        """Catch the signals; called again at every log window. In GPU runs on H200s the
+        trainer's USR1 showed as caught yet never reached this handler (TERM did): code
+        below Python had taken it over after start-up. A launcher may also pass the signals
+        on blocked. Either way SLURM's warning would be swallowed."""
         for sig in self.SIGNALS:
-            if signal.getsignal(sig) != self._handle:
-                signal.signal(sig, self._handle)
+            signal.signal(sig, self._handle)  # Python cannot see a C-level takeover: always
         blocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, self.SIGNALS)
         inherited = sorted(signal.Signals(s).name for s in blocked if s in self.SIGNALS)
         if inherited:  # a blocked mask is inherited from the parent process
@@ -187,6 +188,7 @@ class Trainer:
         self.log_rows: list[dict[str, Any]] = []
         self.val_rows: list[dict[str, Any]] = []
         self.stop = StopRequest()
+        self._compile_reported = False  # logged once per process, after the first window
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
         self._pending: list[Future] = []
 
@@ -297,8 +299,9 @@ class Trainer:
                            if self.device.type == "cuda" else 0.0),
         }
         self.log_rows.append(row)
-        if self.world.is_main and self.compile_mode and len(self.log_rows) == 1:
+        if self.world.is_main and self.compile_mode and not self._compile_reported:
             log.info("torch.compile: %s", compile_cache_use())
+            self._compile_reported = True
         if self.world.is_main:
             log.info("step %(step)d loss %(loss).4f lr %(lr).2e T %(temperature).4f "
                      "%(img_per_s).0f img/s", row)
