@@ -29,11 +29,14 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 
-def rule_arguments(work: Path, store: Path, nproc: int) -> list[str]:
-    """The train rule's command line, its JSON arguments built from config.yaml."""
+def rule_arguments(work: Path, store: Path, nproc: int, steps: int = 0) -> list[str]:
+    """The train rule's command line, its JSON arguments built from config.yaml (``steps``,
+    when given, replaces ``train.steps`` for a short check)."""
     from chexdino.config import PROMPT_KEYS
 
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    if steps:
+        config["train"]["steps"] = steps
     model = config["model"]
     model["vision"].update(random_init=True, weights=None)
     model["text"].update(random_init=True, weights=None)
@@ -97,6 +100,7 @@ def main() -> None:
     p.add_argument("--train-images", type=int, default=30_000)
     p.add_argument("--val-images", type=int, default=5_000)
     p.add_argument("--stop-after", type=float, default=0)
+    p.add_argument("--steps", type=int, default=0, help="replace train.steps (0: keep)")
     args = p.parse_args()
     store = args.work / "store"
     if not (store / "tokens.h5").exists():
@@ -106,7 +110,8 @@ def main() -> None:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
     t0 = time.perf_counter()
-    launcher = subprocess.Popen(rule_arguments(args.work, store, args.nproc), env=env)
+    launcher = subprocess.Popen(rule_arguments(args.work, store, args.nproc, args.steps),
+                                env=env)
     if args.stop_after:
         try:
             launcher.wait(timeout=args.stop_after)

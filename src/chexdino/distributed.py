@@ -278,12 +278,13 @@ def shutdown(world: World) -> None:
     """
     if not (world.distributed and dist.is_initialized()):
         return
-    if dist.get_backend() == "nccl":
+    nccl = dist.get_backend() == "nccl"
+    if nccl:
         torch.cuda.synchronize()
-        torch._dynamo.reset()  # frees the compiled step and its CUDA graphs
-        gc.collect()
-        abort = getattr(dist.distributed_c10d, "_abort_process_group", None)
-        if abort is not None:
-            abort()
-            return
+    torch._dynamo.reset()  # frees the compiled step (and its CUDA graphs)
+    gc.collect()
+    abort = getattr(dist.distributed_c10d, "_abort_process_group", None)
+    if nccl and abort is not None:
+        abort()
+        return
     dist.destroy_process_group()
