@@ -7,14 +7,15 @@ unset TORCHINDUCTOR_CACHE_DIR
 work=/tmp/stop-check
 rm -rf $work/train
 # timeout signals its whole process group: the trainers too.
-run() { timeout 300 python bench/full_run.py --work $work --nproc ${NPROC:-2} --steps 6000 \
-          --train-images 4000 --val-images 1000 "$@"; }
+steps=${STEPS:-6000}
+run() { timeout ${LIMIT:-300} python bench/full_run.py --work $work --nproc ${NPROC:-2} \
+          --steps $steps --train-images ${IMAGES:-4000} --val-images 1000 "$@"; }
 run --stop-after ${STOP_AFTER:-130} > $OUT/stop.log 2>&1
 echo "stop command: status $?"
 grep -E "USR1 to|received signal|stopping at|exited" $OUT/stop.log
 run > $OUT/resume.log 2>&1
 status=$?
-echo "resume command: status $status (124: did not exit within 300 s)"
+echo "resume command: status $status (124: did not exit within ${LIMIT:-300} s)"
 grep -E "resumed from|torch.compile:|exited" $OUT/resume.log
-last=$(grep -E "step 6000 loss" $OUT/resume.log | head -1 | cut -c1-23)
+last=$(grep -E "step $steps loss" $OUT/resume.log | head -1 | cut -c1-23)
 echo "last step logged at $last; command ended at $(date -u '+%F %T')"
