@@ -245,7 +245,7 @@ def gather_rows(rows: torch.Tensor, world: World, n_rows: int) -> torch.Tensor:
     rank: the result is the tensor one process computing all rows would hold."""
     if not world.distributed:
         return rows
-    counts = [len(share) for share in np.array_split(np.arange(n_rows), world.size)]
+    counts = [len(rank_share(n_rows, World(rank, world.size))) for rank in range(world.size)]
     padded = rows.new_zeros((max(counts), *rows.shape[1:]))
     padded[:len(rows)] = rows
     parts = [torch.empty_like(padded) for _ in counts]

@@ -97,10 +97,10 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
 class StopRequest:
     """Turns SLURM's pre-timeout signal (USR1) or a TERM into a flag read between steps."""
 
+    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
     def __init__(self) -> None:
         self.signal: int | None = None
-
-    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
     def install(self) -> None:
         """Catch the signals; called again at every log window. In GPU runs on H200s the
