@@ -11,7 +11,7 @@ steps=${STEPS:-6000}
 run() { timeout ${LIMIT:-300} python bench/full_run.py --work $work --nproc ${NPROC:-2} \
           --steps $steps --train-images ${IMAGES:-4000} --val-images 1000 "$@"; }
 run --stop-after ${STOP_AFTER:-130} > $OUT/stop.log 2>&1
-echo "stop command: status $?"
+echo "stop command: status $? (75: stopped for a resubmission)"
 grep -E "USR1 to|received signal|stopping at|exited" $OUT/stop.log
 run > $OUT/resume.log 2>&1
 status=$?

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import warnings
@@ -17,6 +18,7 @@ from chexdino.config import ModelConfig, PromptConfig, TrainConfig
 from chexdino.distributed import (
     DataParallelOptions,
     World,
+    descendants,
     gather_rows,
     local_slice,
     rank_share,
@@ -168,6 +170,79 @@ def test_cli_relaunches_under_torchrun(tiny_store, tmp_path, tiny_model_cfg):
     assert "training process 2 of 2" in result.stderr
     best = torch.load(tmp_path / "cli" / "best.pt", weights_only=True)
     assert best["step"] == 2
+
+
+def _train_command(cxr: Path, tokens: Path, out: Path, model: dict, **train) -> list[str]:
+    import json
+    import sys
+
+    return [str(Path(sys.executable).parent / "chexdino"), "train", "--cxr", str(cxr),
+            "--tokens", str(tokens), "--out-dir", str(out), "--model", json.dumps(model),
+            "--train", json.dumps(train_cfg(**train)), "--evaluate", "{}", "--nproc", "2"]
+
+
+def _launcher_env() -> dict[str, str]:
+    import sys
+
+    bin_dir = Path(sys.executable).parent
+    return dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+                OMP_NUM_THREADS="1")
+
+
+@pytest.mark.slow  # two trainer processes under torchrun: ~20 s
+def test_cli_with_two_processes_stops_on_usr1_with_status_75(tiny_store, tmp_path,
+                                                            tiny_model_cfg):
+    """USR1 sent to the ``chexdino train --nproc 2`` process alone (as a user or a batch
+    script would) reaches both trainers, which checkpoint at the same step; the command
+    exits 75, the status the profile's resubmission expects (torchrun alone exits 1)."""
+    import json
+    import signal
+    import subprocess
+    import time
+
+    from chexdino.train import RESUME_EXIT_CODE, STOP_RECORD
+
+    out = tmp_path / "cli"
+    cmd = _train_command(*tiny_store, out, tiny_model_cfg, steps=100_000, val_every=100_000,
+                         ckpt_every=2, log_every=1)
+    log_file = tmp_path / "train.log"
+    with log_file.open("w") as log:
+        proc = subprocess.Popen(cmd, env=_launcher_env(), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        while not list((out / "checkpoints").glob("step_*.pt")):
+            assert proc.poll() is None and time.monotonic() < deadline, log_file.read_text()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGUSR1)
+        status = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:  # a failed check: stop the launcher and both trainers
+            for pid in [*descendants(proc.pid), proc.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    text = log_file.read_text()
+    assert status == RESUME_EXIT_CODE, text[-3000:]
+    assert text.count("received signal 10") >= 2, text[-3000:]  # both trainers
+    stopped = json.loads((out / STOP_RECORD).read_text())["step"]
+    assert f"stopping at step {stopped} for a resubmission" in text
+    assert (out / "checkpoints" / f"step_{stopped:07d}.pt").exists()
+
+
+@pytest.mark.slow  # torchrun start-up and two failing processes: ~10 s
+def test_cli_with_two_processes_keeps_a_crash_a_crash(tiny_store, tmp_path, tiny_model_cfg):
+    """A stop record left by an earlier run must not turn a failure into "resubmit me"."""
+    import subprocess
+
+    from chexdino.train import RESUME_EXIT_CODE, STOP_RECORD
+
+    out = tmp_path / "cli"
+    out.mkdir()
+    (out / STOP_RECORD).write_text('{"step": 4, "signal": 10}')
+    cmd = _train_command(*tiny_store, out, tiny_model_cfg, steps=2, batch_size=10_000)
+    result = subprocess.run(cmd, env=_launcher_env(), capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode not in (0, RESUME_EXIT_CODE), result.stderr[-3000:]
+    assert "is larger than the" in result.stderr
 
 
 def _gather_worker(rank: int, world: int, port: int, n_rows: int, out: str) -> None:

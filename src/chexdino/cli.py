@@ -130,14 +130,22 @@ def cmd_tokens(a: argparse.Namespace) -> None:
 @command("train")
 def cmd_train(a: argparse.Namespace) -> None:
     from chexdino.config import ModelConfig, PromptConfig, TrainConfig
-    from chexdino.distributed import launch_command
-    from chexdino.train import train
+    from chexdino.distributed import launch_command, supervise
+    from chexdino.train import RESUME_EXIT_CODE, STOP_RECORD, stopped_at, train
 
-    # Several processes: this one is replaced by their launcher (torchrun or srun).
+    # Several processes: their launcher (torchrun or srun) runs under this one, which exits
+    # 75 when the trainers stopped for a resubmission (torchrun itself would exit 1).
     launch = launch_command(a.nproc, a.nodes, sys.argv[1:], os.environ)
     if launch:
         log.info("starting %d x %d training processes: %s", a.nodes, a.nproc, launch[0])
-        os.execvp(launch[0], launch)
+        (Path(a.out_dir) / STOP_RECORD).unlink(missing_ok=True)
+        status = supervise(launch)
+        step = stopped_at(Path(a.out_dir))
+        if status and step is not None:
+            log.warning("the training processes stopped at step %d for a resubmission "
+                        "(launcher status %d)", step, status)
+            sys.exit(RESUME_EXIT_CODE)
+        sys.exit(status)
 
     result = train(Path(a.cxr), Path(a.tokens), Path(a.out_dir),
                    ModelConfig.from_section(_json(a.model)),

@@ -13,13 +13,16 @@ SLURM_LOCALID; the rendezvous address is the job's first node, as SLURM names it
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -102,6 +105,50 @@ def launch_command(nproc: int, nodes: int, argv: Sequence[str], env: Mapping[str
     return ["srun", "--overlap", f"--nodes={nodes}", f"--ntasks={nodes * nproc}",
             f"--ntasks-per-node={nproc}", *gpus, "--kill-on-bad-exit=1",
             f"--export=ALL,{TASK_MARK}=1", sys.executable, "-m", "chexdino.cli", *args]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process started, directly or not, by ``pid`` (from /proc; none without it)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # ended while we looked
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def supervise(command: Sequence[str]) -> int:
+    """Run a launcher (torchrun or srun) and return its exit status, passing on signals.
+
+    The launcher starts with USR1 ignored, so that only the trainers react to SLURM's
+    wall-time warning (torchrun would die of it). USR1 and TERM sent to this process alone
+    are passed to every process below it: torchrun starts each trainer in a session of its
+    own, out of reach of a signal to its process group. Ctrl-C reaches torchrun, which stops
+    the trainers; this process then waits for it.
+    """
+    previous = signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # inherited by the launcher
+    try:
+        proc = subprocess.Popen(list(command))
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+    def forward(signum: int, _frame) -> None:
+        for pid in [proc.pid, *descendants(proc.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    signal.signal(signal.SIGUSR1, forward)
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, lambda *_: None)
+    status = proc.wait()
+    return 128 - status if status < 0 else status
 
 
 def slurm_rendezvous(env: dict[str, str]) -> tuple[str, str]:

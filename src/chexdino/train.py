@@ -61,6 +61,19 @@ VALIDATION_BATCH = 512
 RESUME_EXIT_CODE = 75
 """Exit status after a checkpoint written on SIGUSR1/SIGTERM: "rerun me to resume" (EX_TEMPFAIL)."""
 
+STOP_RECORD = "stopped.json"
+"""Written to the run folder by the main process when it stops for a resubmission: the
+launcher of several processes (torchrun exits 1 whatever its workers' status) reads it to
+exit 75 itself."""
+
+
+def stopped_at(out_dir: Path) -> int | None:
+    """The step at which the last run in ``out_dir`` stopped for a resubmission, if it did."""
+    record = Path(out_dir) / STOP_RECORD
+    if not record.exists():
+        return None
+    return int(json.loads(record.read_text())["step"])
+
 
 def augment_config(cfg: TrainConfig) -> AugmentConfig:
     """The training augmentation the ``train:`` section asks for."""
@@ -238,6 +251,8 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         """Train to ``cfg.steps`` (resuming if a checkpoint exists); returns the final summary."""
         self.resume()
+        if self.world.is_main:
+            (self.out_dir / STOP_RECORD).unlink(missing_ok=True)
         barrier(self.world)
         self.stop.install()
         self.model.train()
@@ -262,7 +277,7 @@ class Trainer:
                              background=self._can_write_behind() and not stopping)
             if stopping and self.step < self.cfg.steps:
                 log.warning("stopping at step %d for a resubmission", self.step)
-                self.on_main(self.wait_for_checkpoint)
+                self.on_main(self._record_stop)
                 shutdown(self.world)
                 raise SystemExit(RESUME_EXIT_CODE)
         result = self.on_main(self.finish)
@@ -274,6 +289,12 @@ class Trainer:
         result = func(*args, **kwargs) if self.world.is_main else None
         barrier(self.world)
         return result
+
+    def _record_stop(self) -> None:
+        """Wait for the checkpoint, then say so in the run folder (``stopped_at``)."""
+        self.wait_for_checkpoint()
+        with atomic_output(self.out_dir / STOP_RECORD) as tmp:
+            Path(tmp).write_text(json.dumps({"step": self.step, "signal": self.stop.signal}))
 
     def _stop_agreed(self, at_log: bool) -> bool:
         """Whether to checkpoint and stop now. One process checks every step; several agree

@@ -35,7 +35,8 @@ rule train:
         train=as_json(config["train"]),
         prompts=as_json(validation_prompts()),
     shell:
-        # exec: the trainer itself receives SLURM's USR1 (not a shell that would die of it).
+        # exec: the trainer itself receives SLURM's USR1 (not a shell that would die of it);
+        # with several GPUs it waits for torchrun and exits 75 when the trainers stopped.
         "exec chexdino train --cxr {input.cxr} --tokens {input.tokens} --out-dir {params.out_dir}"
         " --model {params.model} --train {params.train} --evaluate {params.prompts}"
         " --nproc {params.nproc} --nodes {resources.nodes}"
