@@ -39,16 +39,13 @@ FULL_MODEL = ModelConfig.from_section({"vision": {"weights": None, "random_init"
 
 def variant_options(name: str) -> DataParallelOptions:
     """``legacy``: DDP's defaults and the graph-breaking gather; ``bN``: DDP with N MB
-    buckets; ``flat``: no DDP, one all-reduce of all gradients after the backward pass;
-    ``oN``: all-reduces of N MB buckets inside the compiled backward (``overlap``)."""
+    buckets; ``flat``: no DDP, one all-reduce of all gradients after the backward pass."""
     if name == "legacy":
         return DataParallelOptions(strategy="ddp", bucket_cap_mb=25,
                                    gradient_as_bucket_view=False, broadcast_buffers=True,
                                    functional_gather=False)
     if name == "flat":
         return DataParallelOptions(strategy="flat")
-    if name.startswith("o"):
-        return DataParallelOptions(strategy="overlap", bucket_cap_mb=float(name[1:]))
     return DataParallelOptions(strategy="ddp", bucket_cap_mb=float(name.lstrip("b")))
 
 

@@ -200,15 +200,15 @@ class DataParallelOptions:
     """How gradients are averaged over ranks; the defaults are the fast path.
 
     ``strategy``: ``flat`` (one all-reduce of every gradient after the backward pass:
-    3,129 img/s at global batch 64 on 2 x H200), ``overlap`` (each bucket's all-reduce
-    traced into the backward graph, where it starts as soon as the bucket's gradients are
-    ready: ``AveragedParameters``) or ``ddp`` (DDP's bucketed reducer: 2,961 with one
-    bucket in the flat strategy's run; 1,318 with DDP's defaults in an earlier run).
+    3,129 img/s at global batch 64 on 2 x H200) or ``ddp`` (DDP's bucketed reducer:
+    2,961 with one bucket in the same run; 1,318 with DDP's defaults in an earlier run).
 
-    ``bucket_cap_mb``: gradients are all-reduced in buckets of about this size while the
-    backward pass still runs (``overlap`` and ``ddp``). Under ``torch.compile``, DDP splits
-    the graph at bucket boundaries so that this overlap survives; few large buckets keep
-    its CUDA graphs few and large. ``overlap`` keeps one graph whatever the size.
+    ``bucket_cap_mb``: DDP all-reduces gradients in buckets of this size while the backward
+    pass still runs, and under ``torch.compile`` it splits the graph at bucket boundaries so
+    that this overlap survives; few large buckets keep the CUDA graphs few and large.
+    Traced into the compiled backward instead (bucketed all-reduces that overlap it, or one
+    at its end), the averaging measured 2-6% slower than ``flat`` on 2 x H200: the
+    all-reduce kernels slow the backward pass they overlap (``docs/performance.md``).
     ``broadcast_buffers`` is off: every rank builds the same buffers and none is trained, so
     the per-step broadcast DDP would otherwise issue is pure cost.
     """
@@ -251,64 +251,11 @@ class FlatGradientMean:
             param.grad = view
 
 
-class _AverageOnBackward(torch.autograd.Function):
-    """The identity on a bucket of parameters; its backward averages their gradients over
-    the ranks in one all-reduce, issued once every gradient of the bucket is computed."""
-
-    @staticmethod
-    def forward(ctx, *params: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(p.view_as(p) for p in params)
-
-    @staticmethod
-    def backward(ctx, *grads: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        from torch.distributed import _functional_collectives as funcol
-
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        flat = funcol.all_reduce(flat, "sum", dist.group.WORLD) / dist.get_world_size()
-        return tuple(part.view_as(g) for part, g in zip(
-            flat.split([g.numel() for g in grads]), grads, strict=True))
-
-
-class AveragedParameters:
-    """The model's parameters behind gradient-averaging identities, for
-    ``torch.func.functional_call``: the all-reduces become part of the backward graph.
-
-    Buckets follow the parameters in reverse order (about the order in which the backward
-    pass finishes their gradients, as DDP assumes), each of about ``bucket_cap_mb``. A
-    functional collective runs asynchronously: a bucket's all-reduce proceeds while the
-    backward pass computes the next buckets' gradients, and the gradients are waited for
-    only at the end of the graph.
-    """
-
-    def __init__(self, model: nn.Module, bucket_cap_mb: float):
-        self.buckets: list[list[tuple[str, nn.Parameter]]] = [[]]
-        size, cap = 0, bucket_cap_mb * 2**20
-        for name, param in reversed(list(model.named_parameters())):
-            if not param.requires_grad:
-                continue
-            if size >= cap:
-                self.buckets.append([])
-                size = 0
-            self.buckets[-1].append((name, param))
-            size += param.numel() * param.element_size()
-
-    def __call__(self) -> dict[str, torch.Tensor]:
-        averaged: dict[str, torch.Tensor] = {}
-        for bucket in self.buckets:
-            outputs = _AverageOnBackward.apply(*(param for _, param in bucket))
-            averaged.update(zip((name for name, _ in bucket), outputs, strict=True))
-        return averaged
-
-
 def wrap_data_parallel(model: nn.Module, world: World, device: torch.device,
                        options: DataParallelOptions | None = None) -> nn.Module:
-    """``model`` itself for one process (or the flat and overlap strategies), else DDP over
-    the group."""
+    """``model`` itself for one process (or the flat strategy), else DDP over the group."""
     options = options or DataParallelOptions()
-    if options.strategy not in ("flat", "overlap", "ddp"):
-        raise ValueError(f"data-parallel strategy '{options.strategy}' is not flat, overlap "
-                         "or ddp")
-    if not world.distributed or options.strategy != "ddp":
+    if not world.distributed or options.strategy == "flat":
         return model
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids,
@@ -328,10 +275,12 @@ def gather_with_grad(features: torch.Tensor, world: World, functional: bool = Tr
     if not world.distributed:
         return features
     if functional:
-        from torch.distributed._functional_collectives import all_gather_tensor_autograd
+        from torch.distributed import _functional_collectives as funcol
 
-        return all_gather_tensor_autograd(features.contiguous(), gather_dim=0,
-                                          group=dist.group.WORLD)
+        # The same function under its newer name (torch >= 2.14 deprecates the older one).
+        gather = getattr(funcol, "all_gather_single_autograd", None) or \
+            funcol.all_gather_tensor_autograd
+        return gather(features.contiguous(), gather_dim=0, group=dist.group.WORLD)
     from torch.distributed.nn.functional import all_gather
 
     return torch.cat(all_gather(features.contiguous()), dim=0)

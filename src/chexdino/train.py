@@ -28,7 +28,6 @@ from chexdino.config import ModelConfig, PromptConfig, TrainConfig
 from chexdino.data import ImageBank, batch_indices, step_generator
 from chexdino.device import autocast, pick_device
 from chexdino.distributed import (
-    AveragedParameters,
     DataParallelOptions,
     FlatGradientMean,
     any_rank,
@@ -186,11 +185,9 @@ class Trainer:
         self.parallel = parallel or DataParallelOptions()
         self.forward_model = wrap_data_parallel(self.model, self.world, self.device,
                                                 self.parallel)
-        strategy = self.parallel.strategy if self.world.distributed else None
         self.average_gradients = (FlatGradientMean(self.model, self.world)
-                                  if strategy == "flat" else None)
-        self.averaged_parameters = (AveragedParameters(self.model, self.parallel.bucket_cap_mb)
-                                    if strategy == "overlap" else None)
+                                  if self.world.distributed and self.parallel.strategy == "flat"
+                                  else None)
         self.optimizer = make_optimizer(self.model, self.cfg)
         self.compile_mode = self.cfg.compile_mode_on(self.device)
         if self.compile_mode:
@@ -217,11 +214,7 @@ class Trainer:
             """Augment (uint8 in, so CUDA graphs copy 1 byte per pixel), encode, score."""
             x = apply_augment(images, theta, size, self.cfg.normalize)
             with autocast(self.device, self.cfg.precision):
-                if self.averaged_parameters is None:
-                    img, txt, scale = self.forward_model(x, tokens)
-                else:  # gradients averaged inside the backward pass
-                    img, txt, scale = torch.func.functional_call(
-                        self.model, self.averaged_parameters(), (x, tokens))
+                img, txt, scale = self.forward_model(x, tokens)
             # Every rank scores the full global batch (features gathered with gradients).
             functional = self.parallel.functional_gather
             img = gather_with_grad(img, self.world, functional)
