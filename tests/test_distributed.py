@@ -189,6 +189,30 @@ def _launcher_env() -> dict[str, str]:
                 OMP_NUM_THREADS="1")
 
 
+def test_descendants_finds_grandchildren_in_other_sessions():
+    """torchrun starts each trainer in a session of its own: found through /proc, not the
+    process group."""
+    import subprocess
+    import sys
+    import time
+
+    code = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', "
+            "'import time; time.sleep(60)'], start_new_session=True); time.sleep(60)")
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 30
+        while len(descendants(parent.pid)) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (child,) = descendants(parent.pid)
+        assert os.getsid(child) != os.getsid(parent.pid)
+        assert descendants(child) == []
+    finally:
+        for pid in [*descendants(parent.pid), parent.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        parent.wait()
+
+
 @pytest.mark.slow  # two trainer processes under torchrun: ~20 s
 def test_cli_with_two_processes_stops_on_usr1_with_status_75(tiny_store, tmp_path,
                                                             tiny_model_cfg):

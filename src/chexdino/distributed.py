@@ -140,14 +140,20 @@ def supervise(command: Sequence[str]) -> int:
         signal.signal(signal.SIGUSR1, previous)
 
     def forward(signum: int, _frame) -> None:
+        if proc.returncode is not None:
+            return  # reaped: its pid may belong to another process by now
         for pid in [proc.pid, *descendants(proc.pid)]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
-    signal.signal(signal.SIGUSR1, forward)
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, lambda *_: None)
-    status = proc.wait()
+    handled = {signal.SIGUSR1: forward, signal.SIGTERM: forward,
+               signal.SIGINT: lambda *_: None}
+    before = {sig: signal.signal(sig, handler) for sig, handler in handled.items()}
+    try:
+        status = proc.wait()
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
     return 128 - status if status < 0 else status
 
 
