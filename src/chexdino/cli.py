@@ -151,7 +151,8 @@ def cmd_train(a: argparse.Namespace) -> None:
                    ModelConfig.from_section(_json(a.model)),
                    TrainConfig.from_section(_json(a.train)),
                    PromptConfig.from_section(_json(a.evaluate)))
-    log.info("training finished: %s", result)
+    if result is not None:  # the main process's summary; the other processes return None
+        log.info("training finished: %s", result)
 
 
 @command("plot-training")

@@ -136,8 +136,8 @@ def supervise(command: Sequence[str]) -> int:
     previous = signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # inherited by the launcher
     try:
         proc = subprocess.Popen(list(command))
-    finally:
-        signal.signal(signal.SIGUSR1, previous)
+    finally:  # None: a handler Python did not install; the default is the nearest
+        signal.signal(signal.SIGUSR1, previous if previous is not None else signal.SIG_DFL)
 
     def forward(signum: int, _frame) -> None:
         if proc.returncode is not None:
@@ -153,7 +153,7 @@ def supervise(command: Sequence[str]) -> int:
         status = proc.wait()
     finally:
         for sig, handler in before.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
     return 128 - status if status < 0 else status
 
 
