@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from chexdino.distributed import descendants  # noqa: E402
+
 
 def rule_arguments(work: Path, store: Path, nproc: int, steps: int = 0) -> list[str]:
     """The train rule's command line, its JSON arguments built from config.yaml (``steps``,
@@ -45,24 +47,6 @@ def rule_arguments(work: Path, store: Path, nproc: int, steps: int = 0) -> list[
             "--tokens", str(store / "tokens.h5"), "--out-dir", str(work / "train"),
             "--model", json.dumps(model), "--train", json.dumps(config["train"]),
             "--evaluate", json.dumps(prompts), "--nproc", str(nproc)]
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (read from /proc: no procps needed)."""
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(stat.parent.name)] = int(fields[1])
-    found, frontier = [], [pid]
-    while frontier:
-        parent = frontier.pop()
-        children = [child for child, ppid in parents.items() if ppid == parent]
-        found += children
-        frontier += children
-    return found
 
 
 def signal_masks(pid: int) -> str:

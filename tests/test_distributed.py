@@ -149,29 +149,6 @@ def test_two_process_run_and_resume_across_world_sizes(tiny_store, tmp_path, tin
         assert np.allclose(mixed_val[column], ref_val[column], atol=1e-5), column
 
 
-@pytest.mark.slow  # two trainer processes: 13-20 s each
-def test_cli_relaunches_under_torchrun(tiny_store, tmp_path, tiny_model_cfg):
-    """``chexdino train --nproc 2`` (what the rule runs for gpu=2) trains with 2 processes."""
-    import json
-    import subprocess
-    import sys
-
-    cxr, tokens = tiny_store
-    bin_dir = Path(sys.executable).parent
-    cmd = [str(bin_dir / "chexdino"), "train", "--cxr", str(cxr), "--tokens", str(tokens),
-           "--out-dir", str(tmp_path / "cli"), "--model", json.dumps(tiny_model_cfg),
-           "--train", json.dumps(train_cfg(steps=2, val_every=2, ckpt_every=2)),
-           "--evaluate", "{}", "--nproc", "2"]
-    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-               OMP_NUM_THREADS="1")
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "training process 1 of 2" in result.stderr
-    assert "training process 2 of 2" in result.stderr
-    best = torch.load(tmp_path / "cli" / "best.pt", weights_only=True)
-    assert best["step"] == 2
-
-
 def _train_command(cxr: Path, tokens: Path, out: Path, model: dict, **train) -> list[str]:
     import json
     import sys
@@ -187,6 +164,22 @@ def _launcher_env() -> dict[str, str]:
     bin_dir = Path(sys.executable).parent
     return dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
                 OMP_NUM_THREADS="1")
+
+
+@pytest.mark.slow  # two trainer processes: 13-20 s each
+def test_cli_relaunches_under_torchrun(tiny_store, tmp_path, tiny_model_cfg):
+    """``chexdino train --nproc 2`` (what the rule runs for gpu=2) trains with 2 processes."""
+    import subprocess
+
+    cmd = _train_command(*tiny_store, tmp_path / "cli", tiny_model_cfg, steps=2, val_every=2,
+                         ckpt_every=2)
+    result = subprocess.run(cmd, env=_launcher_env(), capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "training process 1 of 2" in result.stderr
+    assert "training process 2 of 2" in result.stderr
+    best = torch.load(tmp_path / "cli" / "best.pt", weights_only=True)
+    assert best["step"] == 2
 
 
 def test_descendants_finds_grandchildren_in_other_sessions():
