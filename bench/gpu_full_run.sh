@@ -18,7 +18,7 @@ if [ "$part" = 1 ]; then
 else
   full > $log 2>&1 &
 fi
-if [ "$part" = 1 ] && [ "$nproc" = 1 ]; then
+if [ "$part" = 1 ] && [ "$nproc" = 1 ] && [ "$(nvidia-smi -L | wc -l)" -gt 1 ]; then
   export CUDA_VISIBLE_DEVICES=1
   python bench/validation_speed.py --out $OUT > $OUT/validation_speed.log 2>&1
   python bench/ddp_throughput.py --batches 32,64 --variants flat --steps 40 --out $OUT \

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from chexdino.errors import WeightsError
-from chexdino.model import build_model, contrastive_loss
+from chexdino.model import PatchwiseConv2d, build_model, contrastive_loss, patchify_as_matmul
 
 
 def quiet_build(cfg, **kw):
@@ -35,6 +35,9 @@ def test_full_size_architecture_matches_spec():
     act = model.text.transformer.resblocks[0].mlp.gelu
     assert type(act).__name__ == "QuickGELU"
     assert math.isclose(model.logit_scale.exp().item(), 1 / 0.07, rel_tol=1e-6)
+    # The 16x16 patch embedding runs as a matrix product under timm's own parameter names.
+    assert isinstance(model.visual.patch_embed.proj, PatchwiseConv2d)
+    assert model.visual.state_dict()["patch_embed.proj.weight"].shape == (768, 3, 16, 16)
 
 
 def test_shapes_and_unit_norm(tiny_model_cfg):
@@ -46,6 +49,40 @@ def test_shapes_and_unit_norm(tiny_model_cfg):
     assert torch.allclose(img.norm(dim=-1), torch.ones(3), atol=1e-5)
     assert torch.allclose(txt.norm(dim=-1), torch.ones(3), atol=1e-5)
     assert scale.item() == pytest.approx(1 / 0.07)
+
+
+def _conv_twin(proj: torch.nn.Conv2d) -> torch.nn.Conv2d:
+    conv = torch.nn.Conv2d(proj.in_channels, proj.out_channels, proj.kernel_size, proj.stride)
+    conv.load_state_dict(proj.state_dict())
+    return conv
+
+
+@pytest.mark.parametrize("size", [(32, 48), (35, 50)])
+def test_patch_embedding_as_matmul_equals_the_convolution(tiny_model_cfg, size):
+    """Output and every gradient (input, weight, bias) equal nn.Conv2d's with the same
+    parameters; a size the patches do not tile (35 x 50) takes the convolution itself."""
+    model = quiet_build(tiny_model_cfg)
+    proj = model.visual.patch_embed.proj
+    assert isinstance(proj, PatchwiseConv2d) and proj.kernel_size == proj.stride
+    conv = _conv_twin(proj)
+    torch.nn.init.normal_(conv.bias)
+    proj.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 3, *size, requires_grad=True)
+    ours, reference = proj(x), conv(x)
+    assert ours.shape == reference.shape
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+    upstream = torch.randn_like(reference)
+    got = torch.autograd.grad(ours, [x, proj.weight, proj.bias], upstream)
+    want = torch.autograd.grad(reference, [x, conv.weight, conv.bias], upstream)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_only_non_overlapping_unpadded_convolutions_become_matmuls():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, 1, 1), torch.nn.Conv2d(4, 4, 2, 2),
+                              torch.nn.Conv2d(4, 4, 2, 2, groups=2))
+    assert patchify_as_matmul(net) == 1
+    assert [type(m) for m in net] == [torch.nn.Conv2d, PatchwiseConv2d, torch.nn.Conv2d]
 
 
 def test_random_init_must_be_explicit(tiny_model_cfg):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from chexdino.config import ModelConfig, PromptConfig, TrainConfig
-from chexdino.data import batch_indices
+from chexdino.data import batch_indices, to_device
 from chexdino.train import RESUME_EXIT_CODE, Trainer
 
 
@@ -40,6 +40,15 @@ def final_weights(out_dir):
 
 def last_state(trainer):
     return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_host_arrays_reach_the_device_unchanged():
+    """Batch positions (numpy) and crop maps (torch) keep their values and dtypes."""
+    positions = np.array([5, 0, 2**40], dtype=np.int64)
+    moved = to_device(positions, torch.device("cpu"))
+    assert moved.dtype == torch.int64 and moved.tolist() == positions.tolist()
+    theta = torch.randn(4, 2, 3)
+    assert torch.equal(to_device(theta, torch.device("cpu")), theta)
 
 
 def test_batch_order_is_a_pure_function_of_step():

@@ -33,6 +33,19 @@ def epoch_order(seed: int, epoch: int, n_rows: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n_rows)
 
 
+def to_device(array: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host array (batch positions, crop maps) on ``device`` without a host sync.
+
+    A plain ``.to(cuda)`` of pageable memory waits for everything queued on the GPU, so the
+    host could not queue step ``s + 1`` while step ``s`` runs; a pinned staging copy does not
+    wait (the caching host allocator keeps it alive until the copy is done).
+    """
+    tensor = torch.as_tensor(array)
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def step_generator(seed: int, step: int) -> torch.Generator:
     """CPU generator for the augmentation of one step (resume-exact by construction)."""
     return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(step))
@@ -88,7 +101,7 @@ class ImageBank:
         if self.images is not None:
             index = torch.from_numpy(np.asarray(positions))
             if self.mode == "gpu":
-                return self.images[index.to(self.device)]
+                return self.images[to_device(index, self.device)]
             return self.images[index].to(self.device, non_blocking=True)
         return torch.from_numpy(self._read_rows(self.rows[positions])).to(self.device)
 

@@ -83,12 +83,46 @@ def build_vision_tower(cfg: VisionConfig, load_weights: bool = True) -> nn.Modul
 
     kwargs = {"num_classes": 0, "global_pool": "token", **cfg.overrides}
     model = timm.create_model(cfg.name, pretrained=False, **kwargs)
+    patchify_as_matmul(model)
     if load_weights:
         if cfg.weights:
             load_vision_weights(model, Path(cfg.weights))
         else:
             _require_random_init("model.vision", cfg.random_init)
     return model
+
+
+class PatchwiseConv2d(nn.Conv2d):
+    """A patch-embedding convolution (kernel = stride, no padding) computed as one matrix
+    product over the image's patches. Same parameters, state-dict keys and result (up to
+    summation order) as ``nn.Conv2d``; a ViT-B/16 patch embedding at batch 64 runs ~10x
+    faster this way than through cuDNN's convolution and its layout conversions on a GPU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kh, kw = self.kernel_size
+        height, width = x.shape[-2:]
+        if x.dim() != 4 or height % kh or width % kw:
+            return super().forward(x)
+        batch, channels = x.shape[:2]
+        rows, cols = height // kh, width // kw
+        patches = (x.reshape(batch, channels, rows, kh, cols, kw)
+                   .permute(0, 2, 4, 1, 3, 5)
+                   .reshape(batch * rows * cols, channels * kh * kw))
+        out = F.linear(patches, self.weight.reshape(self.out_channels, -1), self.bias)
+        return out.reshape(batch, rows, cols, self.out_channels).permute(0, 3, 1, 2)
+
+
+def patchify_as_matmul(model: nn.Module) -> int:
+    """Turn every non-overlapping, unpadded ``nn.Conv2d`` (a ViT's patch embedding) into a
+    :class:`PatchwiseConv2d` in place; returns how many were changed."""
+    changed = 0
+    for module in model.modules():
+        if (type(module) is nn.Conv2d and module.kernel_size == module.stride
+                and module.padding == (0, 0) and module.dilation == (1, 1)
+                and module.groups == 1 and module.padding_mode == "zeros"):
+            module.__class__ = PatchwiseConv2d
+            changed += 1
+    return changed
 
 
 def build_text_tower(cfg: TextConfig, embed_dim: int, load_weights: bool = True) -> nn.Module:

@@ -25,7 +25,7 @@ import torch
 from chexdino import __version__, h5store
 from chexdino.atomic import atomic_output
 from chexdino.config import ModelConfig, PromptConfig, TrainConfig
-from chexdino.data import ImageBank, batch_indices, step_generator
+from chexdino.data import ImageBank, batch_indices, step_generator, to_device
 from chexdino.device import autocast, pick_device
 from chexdino.distributed import (
     DataParallelOptions,
@@ -235,10 +235,10 @@ class Trainer:
                                step_generator(self.cfg.seed, step))[self.rows]
         positions = positions[self.rows]
         images = self.train.bank.batch(positions)
-        tokens = self.train.tokens[torch.from_numpy(positions).to(self.device)]
+        tokens = self.train.tokens[to_device(positions, self.device)]
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.cfg, step)
-        loss = self.step_fn(images, theta.to(self.device, non_blocking=True), tokens)
+        loss = self.step_fn(images, to_device(theta, self.device), tokens)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.average_gradients is not None:
