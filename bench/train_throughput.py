@@ -207,8 +207,6 @@ def tuning(name: str):
             old_patchify = chexdino.model.patchify_as_matmul
             chexdino.model.patchify_as_matmul = lambda model: 0  # cuDNN's convolution
             stack.callback(setattr, chexdino.model, "patchify_as_matmul", old_patchify)
-        elif name == "ro-autotune-mm":
-            stack.enter_context(inductor.patch(max_autotune_gemm=True))
         yield
 
 
@@ -236,7 +234,7 @@ def main() -> None:
         "reduce-overhead": {"compile": True, "compile_mode": "reduce-overhead"},
         "max-autotune": {"compile": True, "compile_mode": "max-autotune"},
     }
-    for name in ("ro-sync-index", "ro-coord", "ro-flash", "ro-autotune-mm", "ro-conv-patch"):
+    for name in ("ro-sync-index", "ro-coord", "ro-flash", "ro-conv-patch"):
         variants[name] = variants["reduce-overhead"]
     for label in args.variants.split(","):
         name = label
