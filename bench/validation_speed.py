@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from chexdino.data import ImageBank
 from chexdino.device import autocast
-from chexdino.evaluate import embed_images
+from chexdino.inference import embed_images
 from chexdino.model import build_model
 from ddp_throughput import FULL_MODEL
 from synthetic import make_store

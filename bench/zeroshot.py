@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from chexdino import LABELS, h5store, metrics
 from chexdino.config import PromptConfig
-from chexdino.evaluate import embed_images, zero_shot_probs
+from chexdino.inference import embed_images, zero_shot_probs
 from chexdino.model import build_model
 from synthetic import make_store
 
@@ -34,12 +34,12 @@ FULL_MODEL = {"vision": {"weights": None, "random_init": True},
 
 def time_embedding(model, images: torch.Tensor, batch: int, repeats: int = 2) -> float:
     """img/s of embed_images over the whole (GPU-resident) uint8 array, after a warm-up."""
-    embed_images(model, images[:batch * 2], 224, images.device, batch)
+    embed_images(model, images[:batch * 2], 224, images.device, batch, "bf16")
     torch.cuda.synchronize()
     best = 0.0
     for _ in range(repeats):
         t0 = time.perf_counter()
-        embed_images(model, images, 224, images.device, batch)
+        embed_images(model, images, 224, images.device, batch, "bf16")
         torch.cuda.synchronize()
         best = max(best, len(images) / (time.perf_counter() - t0))
     return best
@@ -72,9 +72,9 @@ def main() -> None:
         print(f"compiled b{batch}", rows[f"compiled b{batch}"], flush=True)
     # The rest of the stage, once: prompts, probabilities, metrics with 1000 bootstraps.
     t0 = time.perf_counter()
-    emb = embed_images(compiled, images, 224, images.device, 512)
+    emb = embed_images(compiled, images, 224, images.device, 512, "bf16")
     probs = zero_shot_probs(model, emb, list(LABELS), PromptConfig.from_section(),
-                            images.device)
+                            images.device, "bf16")
     targets = (np.random.default_rng(0).random(probs.shape) < 0.3).astype(float)
     table = metrics.auroc_table(probs, targets, list(LABELS), 1000, 0)
     stage_s = time.perf_counter() - t0

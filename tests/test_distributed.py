@@ -286,8 +286,9 @@ def test_rank_shares_cover_every_row_once_and_gather_in_order(tmp_path, n_rows):
 
 
 def test_launch_command_picks_torchrun_on_one_node_and_srun_across_nodes():
-    from chexdino.distributed import TASK_MARK, launch_command, processes_per_node
+    from chexdino.distributed import TASK_MARK, launch_command
     from chexdino.errors import ChexdinoError
+    from chexdino.slurm_check import processes_per_node
 
     argv = ["train", "--cxr", "c.h5", "--nproc", "4", "--nodes", "2"]
     assert launch_command(1, 1, argv, {}) is None

@@ -12,8 +12,9 @@ import torch
 
 from chexdino import LABELS, h5store
 from chexdino.config import EvaluateConfig, PromptConfig
-from chexdino.evaluate import Scoring, evaluate_store
+from chexdino.evaluate import evaluate_store
 from chexdino.model import build_model
+from chexdino.model_files import Scoring
 
 
 @pytest.fixture
@@ -81,7 +82,7 @@ def test_scorecard_uses_the_split_and_the_uncertain_policy(store_and_checkpoints
 
 
 def test_ensemble_members_are_the_top_k_by_validation_metric(tmp_path):
-    from chexdino.evaluate import ensemble_members
+    from chexdino.model_files import ensemble_members
 
     info = {"select_by": "val_auroc", "best": "b.pt",
             "ranked": [{"path": "s3.pt", "step": 3, "metric": 0.9},
@@ -97,12 +98,8 @@ def test_ensemble_members_are_the_top_k_by_validation_metric(tmp_path):
 
 def test_evaluation_uses_the_normalisation_recorded_in_the_checkpoint(store_and_checkpoints,
                                                                       tmp_path):
-    from chexdino.evaluate import (
-        embed_images,
-        load_checkpoint_model,
-        model_normalization,
-        zero_shot_probs,
-    )
+    from chexdino.inference import embed_images, model_normalization, zero_shot_probs
+    from chexdino.model_files import load_checkpoint_model
 
     cxr, (a, _), _ = store_and_checkpoints
     ckpt = torch.load(a, weights_only=True)
@@ -128,7 +125,8 @@ def test_evaluate_model_scores_at_the_input_size_the_checkpoint_records(store_an
     """The evaluate stage reads input size, precision and device from the checkpoint, not
     from the train: section; an older checkpoint without them gets config.yaml's train
     values, and the log says so."""
-    from chexdino.evaluate import evaluate_model, read_scoring
+    from chexdino.evaluate import evaluate_model
+    from chexdino.model_files import read_scoring
 
     cxr, (a, _), _ = store_and_checkpoints
     ckpt = torch.load(a, weights_only=True)
@@ -159,14 +157,14 @@ def test_evaluate_model_refuses_what_it_cannot_score(store_and_checkpoints, tmp_
         evaluate_model(a, cxr, tmp_path / "out", cfg)
     with pytest.raises(ChexdinoError, match="file not found"):
         evaluate_model(tmp_path / "missing.pt", cxr, tmp_path / "out", cfg)
-    with pytest.raises(ChexdinoError, match="a model folder needs --precision and --device"):
+    with pytest.raises(ChexdinoError, match="not an open_clip model folder"):
         evaluate_model(tmp_path, cxr, tmp_path / "out", cfg)
 
 
 def test_scorecard_text_prints_every_evaluation_set_of_a_results_folder(store_and_checkpoints,
                                                                        tmp_path):
     from chexdino.errors import ChexdinoError
-    from chexdino.evaluate import scorecard_text
+    from chexdino.scorecard import scorecard_text
 
     cxr, (a, _), _ = store_and_checkpoints
     with pytest.raises(ChexdinoError, match="no eval/\\*/summary.json under"):

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from chexdino.errors import WeightsError
-from chexdino.export import export_model, load_exported
 from chexdino.model import build_model
+from chexdino.model_files import export_model, load_exported
 from chexdino.modelcard import model_card
 from chexdino.tokens import tokenize
 from chexdino.transforms import eval_transform
@@ -123,14 +123,14 @@ def test_model_card_carries_the_scorecard_and_the_limits():
 
 def test_export_of_a_finished_run_and_predict_through_the_folder(tmp_path, tiny_model_cfg):
     import pandas as pd
-    import yaml
     from docutils.core import publish_doctree
     from PIL import Image
 
     from chexdino import LABELS, h5store
     from chexdino.cli import main
     from chexdino.config import EvaluateConfig
-    from chexdino.evaluate import Scoring, evaluate_store
+    from chexdino.evaluate import evaluate_store
+    from chexdino.model_files import Scoring
 
     results = tmp_path / "results"
     rng = np.random.default_rng(1)
@@ -149,13 +149,11 @@ def test_export_of_a_finished_run_and_predict_through_the_folder(tmp_path, tiny_
     ckpt = results / "train" / "best.pt"
     ckpt.parent.mkdir(parents=True)
     torch.save({"step": 3, "model": model.state_dict(), "model_config": model.cfg.to_dict(),
-                "val": {}}, ckpt)
+                "val": {}, "input_size": 32, "precision": "fp32", "device": "cpu",
+                "store_size": 64, "train_config": {"input_size": 32, "steps": 3}}, ckpt)
     eval_cfg = {"bootstrap": 20, "labels": list(LABELS)}
     evaluate_store([ckpt], tmp_path / "cxr.h5", results / "eval" / "mimic_test",
                    EvaluateConfig.from_section(eval_cfg), Scoring(32, "fp32", "cpu"))
-    config = {"images": {"size": 64}, "train": {"input_size": 32, "steps": 3},
-              "evaluate": eval_cfg, "model": tiny_model_cfg, "select": {"views": ["PA"]}}
-    (results / "run_config.yaml").write_text(yaml.safe_dump(config))
     (results / "train" / "checkpoints.json").write_text(json.dumps({"best_step": 3}))
     (results / "mimic").mkdir()
     (results / "mimic" / "dataset_summary.json").write_text(
@@ -176,7 +174,8 @@ def test_export_of_a_finished_run_and_predict_through_the_folder(tmp_path, tiny_
 
     folder, landing = results / "export", results / "model_summary.rst"
     assert main(["export", "--model", str(ckpt), "--results", str(results),
-                 "--out-dir", str(folder), "--landing", str(landing)]) == 0
+                 "--out-dir", str(folder), "--landing", str(landing),
+                 "--evaluate", json.dumps(eval_cfg), "--select", '{"views": ["PA"]}']) == 0
     card = (folder / "README.md").read_text()
     edema = pd.read_csv(results / "eval" / "mimic_test" / "auroc.csv").set_index("label")
     assert f"| Edema | {edema.loc['Edema', 'auroc']:.3f} |" in card
@@ -239,7 +238,7 @@ def test_evaluate_scores_exported_and_plain_open_clip_folders_like_the_checkpoin
 
     doc["preprocess_cfg"]["mean"] = [0.5, 0.5, 0.5]
     (plain / "open_clip_config.json").write_text(json.dumps(doc))
-    from chexdino.export import load_model_folder
+    from chexdino.model_files import load_model_folder
 
     with pytest.raises(ChexdinoError, match="mean"):
         load_model_folder(plain, "cpu", 64)

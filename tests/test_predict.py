@@ -10,16 +10,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 from PIL import Image
 
+from chexdino import LABELS
 from chexdino.cli import main
-from chexdino.config import EvaluateConfig, ImagesConfig, SelectConfig
+from chexdino.config import PROMPT_KEYS, EvaluateConfig, ImagesConfig, PromptConfig, SelectConfig
 from chexdino.errors import ChexdinoError
-from chexdino.evaluate import Scoring, evaluate_store
+from chexdino.evaluate import evaluate_store
 from chexdino.images import process_shard
 from chexdino.model import build_model
-from chexdino.predict import PredictSettings, collect_files, default_config, merge_configs
+from chexdino.model_files import Scoring
+from chexdino.predict import collect_files, predict_settings
 from chexdino.selection import select_mimic
 
 EVAL = {"bootstrap": 0, "labels": ["Edema", "Pleural Effusion", "No Finding"],
@@ -49,13 +50,14 @@ def scored_demo(small_demo, tmp_path_factory):
         model = build_model(cfg)
     ckpt = tmp / "train" / "best.pt"
     ckpt.parent.mkdir()
+    prompts = {k: v for k, v in {**PromptConfig.from_section().to_dict(), **EVAL}.items()
+               if k in PROMPT_KEYS}
     torch.save({"step": 1, "model": model.state_dict(), "model_config": model.cfg.to_dict(),
-                "val": {}}, ckpt)
+                "val": {}, "input_size": 48, "precision": "fp32", "device": "cpu",
+                "store_size": 320, "prompts": prompts}, ckpt)
     evaluate_store([ckpt], tmp / "cxr.h5", tmp / "eval",
                    EvaluateConfig.from_section({**EVAL, "batch_size": 16}),
                    Scoring(48, "fp32", "cpu"))
-    run_config = {"images": {"size": 320}, "train": {"input_size": 48}, "evaluate": EVAL}
-    (tmp / "run_config.yaml").write_text(yaml.safe_dump(run_config))
     return tmp, manifest, ckpt
 
 
@@ -66,9 +68,9 @@ def test_predict_equals_the_evaluate_stage(scored_demo, tmp_path):
     Image.open(first_jpg).save(png)
     films = [*manifest["image_path"], str(png), str(tmp_path / "missing.dcm")]
     out, rejects = tmp_path / "predictions.csv", tmp_path / "rejects.csv"
-    # No --config: the run_config.yaml of the results folder holding train/best.pt is used.
+    # Input size, precision, stored size and prompts come from the checkpoint's own record.
     rc = main(["predict", "--model", str(ckpt), *films, "--out", str(out),
-               "--rejects", str(rejects), "--device", "cpu", "--batch-size", "5"])
+               "--rejects", str(rejects), "--labels", *EVAL["labels"], "--batch-size", "5"])
     assert rc == 0
     pred = pd.read_csv(out)
     rej = pd.read_csv(rejects)
@@ -92,14 +94,14 @@ def test_predict_equals_the_evaluate_stage(scored_demo, tmp_path):
 
 
 def test_labels_can_be_overridden_and_folders_are_walked(scored_demo, tmp_path):
-    tmp, manifest, ckpt = scored_demo
+    _, manifest, ckpt = scored_demo
     folder = tmp_path / "films"
     folder.mkdir()
     for path in manifest["image_path"].iloc[:3]:
         shutil.copy(path, folder)
     (folder / "notes.txt").write_text("not a film")
     out, rejects = tmp_path / "p.csv", tmp_path / "r.csv"
-    main(["predict", "--model", str(ckpt), str(folder), "--config", str(tmp / "run_config.yaml"),
+    main(["predict", "--model", str(ckpt), str(folder),
           "--labels", "Cardiomegaly", "--out", str(out), "--rejects", str(rejects),
           "--device", "cpu"])
     pred = pd.read_csv(out)
@@ -108,14 +110,30 @@ def test_labels_can_be_overridden_and_folders_are_walked(scored_demo, tmp_path):
     assert "unsupported file type" in pd.read_csv(rejects)["reason"].str.cat()
 
 
-def test_settings_come_from_the_merged_run_config(tmp_path):
-    base, overlay = tmp_path / "config.yaml", tmp_path / "demo.yaml"
-    base.write_text(yaml.safe_dump({"train": {"input_size": 224, "steps": 9},
-                                    "evaluate": {"labels": ["Edema"], "uncertain": "exclude"}}))
-    overlay.write_text(yaml.safe_dump({"train": {"input_size": 96}}))
-    settings = PredictSettings.from_config(merge_configs([base, overlay]))
-    assert (settings.input_size, settings.store_size, settings.labels) == (96, 320, ["Edema"])
-    with pytest.raises(ChexdinoError, match="run_config.yaml"):
-        default_config(tmp_path / "elsewhere" / "best.pt")
+def test_settings_come_from_the_checkpoint_and_the_command_line(scored_demo, tmp_path):
+    """No run_config.yaml and no ``train:`` section: the model file is the one source."""
+    _, _, ckpt = scored_demo
+    settings = predict_settings(ckpt)
+    assert (settings.input_size, settings.store_size, settings.precision) == (48, 320, "fp32")
+    assert settings.prompts["positive_templates"] == EVAL["positive_templates"]
+    assert settings.labels == list(LABELS)  # config.yaml's evaluate.labels
+    assert settings.max_frame_pixels == ImagesConfig.from_section().max_frame_pixels
+    chosen = predict_settings(ckpt, ["Edema"], "cpu", "bf16", 1000)
+    assert (chosen.labels, chosen.precision, chosen.max_frame_pixels) == (
+        ["Edema"], "bf16", 1000)
+    with pytest.raises(ChexdinoError, match="not a chexdino checkpoint"):
+        predict_settings(tmp_path / "elsewhere" / "best.pt")
+
+
+def test_predict_applies_the_images_stage_frame_limit(scored_demo, tmp_path):
+    """A film over ``max_frame_pixels`` is rejected unread, as in the images stage."""
+    _, manifest, ckpt = scored_demo
+    film = manifest["image_path"].iloc[0]
+    out, rejects = tmp_path / "p.csv", tmp_path / "r.csv"
+    main(["predict", "--model", str(ckpt), film, "--max-frame-pixels", "100",
+          "--out", str(out), "--rejects", str(rejects)])
+    assert pd.read_csv(out).empty
+    reason = pd.read_csv(rejects).set_index("file").loc[film, "reason"]
+    assert "100" in reason, reason
     files, rejects = collect_files([tmp_path / "nothing-here"])
     assert files == [] and rejects == [(str(tmp_path / "nothing-here"), "file not found")]

@@ -19,15 +19,17 @@ import yaml
 from chexdino import LABELS, __version__, h5store
 from chexdino.config import ReportsConfig
 from chexdino.provenance import (
-    data_stage_environments,
     environment,
     executor,
-    group_environments,
-    landing_summary,
     package_versions,
     source_revision,
-    where_jobs_ran,
     write_job_record,
+)
+from chexdino.run_summary import (
+    data_stage_environments,
+    group_environments,
+    landing_summary,
+    where_jobs_ran,
     write_run_summary,
 )
 from chexdino.tokens import build_tokens
@@ -166,7 +168,7 @@ def test_landing_summary_states_the_training_path_and_its_speed():
 
 def test_module_closure_follows_subpackages_and_their_init(tmp_path, monkeypatch):
     """A stage importing from a subpackage depends on that module and the package's __init__."""
-    from chexdino import provenance
+    from chexdino import code_version
 
     package = tmp_path / "chexdino"
     (package / "sub").mkdir(parents=True)
@@ -174,12 +176,13 @@ def test_module_closure_follows_subpackages_and_their_init(tmp_path, monkeypatch
         (package / f"{name}.py").write_text("")
     (package / "a.py").write_text("from chexdino.sub.x import f\nfrom chexdino.sub import y\n")
     (package / "sub" / "x.py").write_text("from chexdino import b\n")
-    monkeypatch.setattr(provenance, "PACKAGE_DIR", package)
-    closure = [p.relative_to(package).as_posix() for p in provenance.module_closure("a")]
+    monkeypatch.setattr(code_version, "PACKAGE_DIR", package)
+    closure = [p.relative_to(package).as_posix() for p in code_version.module_closure("a")]
     assert closure == ["a.py", "b.py", "sub/__init__.py", "sub/x.py", "sub/y.py"]
-    before = provenance.code_fingerprint(["a"])
+    before = code_version.code_version("a")
     (package / "sub" / "y.py").write_text("z = 1\n")
-    assert provenance.code_fingerprint(["a"]) != before
+    assert code_version.code_version("a") != before
+    assert set(code_version.closure_versions("a")) == {"a", "b", "sub", "sub.x", "sub.y"}
 
 
 # --- the data stages' jobs -------------------------------------------------------------------

@@ -160,22 +160,75 @@ def test_checkpoints_from_other_settings_are_not_resumed(tiny_store, tmp_path, t
     assert not list((tmp_path / "r" / "checkpoints").glob("step_*.pt"))
 
 
-def test_checkpoints_from_other_training_code_are_not_resumed(
-    tiny_store, tmp_path, tiny_model_cfg, monkeypatch
+def edited_training_code(tmp_path, monkeypatch, module: str, edit) -> dict[str, str]:
+    """TRAINING_CODE as chexdino would compute it with ``module``'s source passed through
+    ``edit`` (on a copy of the package: the installed source stays as it is)."""
+    import shutil
+
+    from chexdino import code_version
+
+    shipped = code_version.PACKAGE_DIR
+    copy = tmp_path / f"edited-{len(list(tmp_path.glob('edited-*')))}" / "chexdino"
+    shutil.copytree(shipped, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    path = copy / f"{module}.py"
+    path.write_text(edit(path.read_text()))
+    monkeypatch.setattr(code_version, "PACKAGE_DIR", copy)
+    try:
+        return code_version.closure_versions("train")
+    finally:
+        monkeypatch.setattr(code_version, "PACKAGE_DIR", shipped)
+
+
+def reword_docstrings(source: str) -> str:
+    """A comment added, a docstring reworded, blank lines: nothing that runs."""
+    return ("# a comment on top\n\n" + source.replace('"""', '"""Reworded. ', 1)
+            + "\n\n# trailing comment\n")
+
+
+def test_resume_survives_harmless_edits_and_starts_afresh_after_a_real_one(
+    tiny_store, tmp_path, tiny_model_cfg, monkeypatch, caplog
 ):
-    """Snakemake reruns training when a module it runs is edited; the rerun starts afresh."""
+    """Snakemake reruns training when a module it runs changes behaviour; the trainer resumes
+    unless the change is in the trajectory's code (the step, model, data, distribution)."""
     from chexdino import train
 
     make_trainer(tiny_store, tmp_path / "r", tiny_model_cfg, steps=4).run()
-    monkeypatch.setattr(train, "TRAINING_CODE", "0" * 64)  # what an edited train.py gives
+    shipped = dict(train.TRAINING_CODE)
+    cases = {
+        "docstrings": ("train", reword_docstrings, 4),
+        "validation": ("inference", lambda s: s + "\nVALIDATION_NOTE = 1\n", 4),
+        "the step": ("train", lambda s: s + "\nSTEP_NOTE = 1\n", 0),
+    }
+    for name, (module, edit, step) in cases.items():
+        versions = edited_training_code(tmp_path, monkeypatch, module, edit)
+        assert (versions == shipped) == (name == "docstrings"), name
+        monkeypatch.setattr(train, "TRAINING_CODE", versions)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="chexdino.train"):
+            resumed = make_trainer(tiny_store, tmp_path / "r", tiny_model_cfg, steps=4)
+            resumed.resume()
+        assert resumed.step == step, name
+        if name == "validation":
+            assert "resuming across an edit of inference.py" in caplog.text
+        if name == "the step":
+            assert "not resuming" in caplog.text
+            assert "training code: train.py changed" in caplog.text
+            assert not list((tmp_path / "r" / "checkpoints").glob("step_*.pt"))
+
+
+def test_checkpoints_without_module_versions_are_not_resumed(tiny_store, tmp_path,
+                                                              tiny_model_cfg):
+    """A checkpoint written before module versions were recorded belongs to another run."""
+    make_trainer(tiny_store, tmp_path / "r", tiny_model_cfg, steps=4).run()
+    for path in (tmp_path / "r" / "checkpoints").glob("step_*.pt"):
+        torch.save({**torch.load(path, weights_only=True), "code": "0" * 64}, path)
     edited = make_trainer(tiny_store, tmp_path / "r", tiny_model_cfg, steps=4)
     edited.resume()
     assert edited.step == 0
-    assert not list((tmp_path / "r" / "checkpoints").glob("step_*.pt"))
 
 
 def test_training_code_fingerprint_follows_the_source_of_imported_modules(tmp_path, monkeypatch):
-    from chexdino import provenance
+    from chexdino import code_version
 
     package = tmp_path / "chexdino"
     package.mkdir()
@@ -183,17 +236,20 @@ def test_training_code_fingerprint_follows_the_source_of_imported_modules(tmp_pa
         (package / f"{name}.py").write_text("")
     (package / "a.py").write_text("from chexdino import b\n\ndef f():\n    import chexdino.c\n")
     (package / "c.py").write_text("from chexdino import LABELS\nimport chexdino.cli\n")
-    monkeypatch.setattr(provenance, "PACKAGE_DIR", package)
-    assert [p.name for p in provenance.module_closure("a")] == [
+    monkeypatch.setattr(code_version, "PACKAGE_DIR", package)
+    assert [p.name for p in code_version.module_closure("a")] == [
         "__init__.py", "a.py", "b.py", "c.py"]  # lazy imports count; cli does not
-    before = provenance.code_fingerprint(["a"])
-    (package / "c.py").write_text("from chexdino import LABELS  # edited\n")
-    assert provenance.code_fingerprint(["a"]) != before
-    edited = provenance.code_fingerprint(["a"])
+    before = code_version.code_version("a")
+    (package / "c.py").write_text('"""Doc."""\nfrom chexdino import LABELS  # a comment\n\n'
+                                  "import chexdino.cli\n")  # changes nothing
+    assert code_version.code_version("a") == before
+    (package / "c.py").write_text("from chexdino import LABELS\n")  # one import less
+    assert code_version.code_version("a") != before
+    edited = code_version.code_version("a")
     (package / "cli.py").write_text("x = 1\n")
-    assert provenance.code_fingerprint(["a"]) == edited  # the dispatcher is not a stage's code
+    assert code_version.code_version("a") == edited  # the dispatcher is not a stage's code
     with pytest.raises(ValueError, match="no module 'missing'"):
-        provenance.module_closure("missing")
+        code_version.module_closure("missing")
 
 
 def test_streaming_bank_reads_the_same_batches_as_resident(tiny_store):

@@ -107,7 +107,7 @@ def test_scorecards_and_report(finished_run, tmp_path):
     published = pd.read_csv(results / "eval" / "chexpert_test" / "published_comparison.csv")
     assert published["published"].round(3).tolist() == [0.812, 0.913, 0.890, 0.899, 0.932,
                                                          0.889]
-    from chexdino.export import load_exported
+    from chexdino.model_files import load_exported
 
     assert load_exported(results / "export").cfg.to_dict()["vision"] == run_config["model"][
         "vision"]

@@ -66,7 +66,7 @@ def test_prompt_pairs_lowercase_and_chexzero_default() -> None:
 def shipped_pairs(labels):
     """``prompt_pairs`` with config.yaml's templates and overrides (stated only there)."""
     from chexdino.config import EvaluateConfig
-    from chexdino.evaluate import prompt_settings
+    from chexdino.inference import prompt_settings
 
     return prompt_pairs(labels, **prompt_settings(EvaluateConfig.from_section().prompts))
 

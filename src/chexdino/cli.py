@@ -190,7 +190,7 @@ def cmd_summarize(a: argparse.Namespace) -> None:
 
 @command("run-summary")
 def cmd_run_summary(a: argparse.Namespace) -> None:
-    from chexdino.provenance import write_run_summary
+    from chexdino.run_summary import write_run_summary
 
     summaries = {Path(p).parent.name: Path(p) for p in a.eval_summaries}
     write_run_summary(Path(a.dataset), Path(a.checkpoints), summaries, _json(a.config),
@@ -201,7 +201,7 @@ def cmd_run_summary(a: argparse.Namespace) -> None:
 
 @command("scorecard")
 def cmd_scorecard(a: argparse.Namespace) -> None:
-    from chexdino.evaluate import scorecard_text
+    from chexdino.scorecard import scorecard_text
 
     print(scorecard_text(Path(a.results)))
 
@@ -210,8 +210,8 @@ def cmd_scorecard(a: argparse.Namespace) -> None:
 def cmd_predict(a: argparse.Namespace) -> None:
     from chexdino.predict import predict_files, predict_settings
 
-    settings = predict_settings(Path(a.model), [Path(c) for c in a.config], a.labels,
-                                a.device or None, a.precision or None)
+    settings = predict_settings(Path(a.model), a.labels, a.device or None, a.precision or None,
+                                a.max_frame_pixels)
     out = Path(a.out)
     rejects = Path(a.rejects) if a.rejects else out.with_name(f"{out.stem}_rejects.csv")
     counts = predict_files(Path(a.model), [Path(f) for f in a.files], settings, out, rejects,
@@ -222,10 +222,12 @@ def cmd_predict(a: argparse.Namespace) -> None:
 
 @command("export")
 def cmd_export(a: argparse.Namespace) -> None:
+    from chexdino.config import EvaluateConfig, SelectConfig
     from chexdino.export import export_run
 
     export_run(Path(a.model), Path(a.results), Path(a.out_dir),
-               Path(a.landing) if a.landing else None)
+               EvaluateConfig.from_section(_json(a.evaluate)),
+               SelectConfig.from_section(_json(a.select)), Path(a.landing) if a.landing else None)
     print(f"exported {a.model} -> {a.out_dir} (model.safetensors, open_clip_config.json, "
           "README.md)")
 
@@ -329,9 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the run's checkpoints.json (for evaluate.ensemble_top_k > 1)")
     s.add_argument("--split", default="")
     s.add_argument("--precision", default="",
-                   help="bf16 or fp32 (default: the checkpoint's; a model folder needs it)")
+                   help="bf16 or fp32 (default: the checkpoint's or export's; other open_clip "
+                        "folders: fp32)")
     s.add_argument("--device", default="",
-                   help="auto, cpu or cuda (default: the checkpoint's; a model folder needs it)")
+                   help="auto, cpu or cuda (default: the checkpoint's; a folder: auto)")
 
     s = sub.add_parser("summarize", help="stage 6: dataset accounting and figure")
     for arg in ("manifest", "select-rejects", "cxr", "image-rejects", "impressions",
@@ -356,12 +359,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "(its settings come with it) or any open_clip model folder")
     s.add_argument("--out", required=True, help="predictions CSV")
     s.add_argument("--rejects", default="", help="rejects CSV (default: <out>_rejects.csv)")
-    s.add_argument("--config", nargs="*", default=[],
-                   help="the run's config files, merged in order (default: the run_config.yaml "
-                        "of the results folder holding --model)")
-    s.add_argument("--labels", nargs="*", default=[], help="labels to score (default: config)")
-    s.add_argument("--device", default="", help="auto, cuda or cpu (default: config)")
-    s.add_argument("--precision", default="", help="bf16 (GPU only) or fp32 (default: config)")
+    s.add_argument("--labels", nargs="*", default=[],
+                   help="labels to score (default: the export's, else config.yaml's "
+                        "evaluate.labels)")
+    s.add_argument("--device", default="", help="auto, cuda or cpu (default: the model's)")
+    s.add_argument("--precision", default="",
+                   help="bf16 or fp32 (default: the precision the model was trained at)")
+    s.add_argument("--max-frame-pixels", type=int, default=None,
+                   help="reject films whose header claims more pixels, unread (default: the "
+                        "export's, else config.yaml's images.max_frame_pixels)")
     s.add_argument("--batch-size", type=int, default=64)
 
     s = sub.add_parser("export", help="an open_clip model folder with a model card")
@@ -369,6 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--results", required=True, help="the finished run's results folder")
     s.add_argument("--out-dir", required=True)
     s.add_argument("--landing", default="", help="also write the report's landing-page block")
+    s.add_argument("--evaluate", default="{}",
+                   help="the evaluate section as JSON (labels and prompts; default config.yaml's)")
+    s.add_argument("--select", default="{}",
+                   help="the select section as JSON (views and splits the card names)")
 
     s = sub.add_parser("retrieval", help="image-report retrieval Recall@1/5/10, study level")
     for arg in ("model", "cxr", "tokens", "evaluate", "out-dir"):

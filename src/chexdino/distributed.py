@@ -65,15 +65,6 @@ TASK_MARK = "CHEXDINO_TRAINING_TASK"
 """Set in the environment of processes that ``launch_command``'s ``srun`` starts."""
 
 
-def processes_per_node(gpu: int, gres: str, nodes: int) -> int:
-    """Trainer processes per node: one per GPU the job asks for on each node (a ``gres``
-    count is per node; ``gpu``, sbatch's ``--gpus``, counts the whole job)."""
-    from chexdino.slurm_check import gpu_count
-
-    per_node = gpu_count(gres) if gres else int(gpu) // max(1, int(nodes))
-    return max(1, per_node)
-
-
 def launch_command(nproc: int, nodes: int, argv: Sequence[str], env: Mapping[str, str]
                    ) -> list[str] | None:
     """The command that starts ``nodes`` x ``nproc`` training processes running ``argv``, or

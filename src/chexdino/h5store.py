@@ -116,6 +116,12 @@ def gather_rejects(csv_paths: Sequence[Path], out_csv: Path) -> int:
     return len(table)
 
 
+def stored_size(path: Path) -> int:
+    """The side of a store's square films (the images stage's ``images.size``)."""
+    with h5py.File(path, "r") as store:
+        return int(store.attrs["size"]) if "size" in store.attrs else int(store["cxr"].shape[-1])
+
+
 def read_meta(path: Path) -> pd.DataFrame:
     """Ids, source shapes and labels of a store, one row per ``cxr`` row (N rows)."""
     with h5py.File(path, "r") as store:

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from chexdino import __version__
-from chexdino.export import CARD_FILE, CONFIG_FILE, TOKENIZER, WEIGHTS_FILE
+from chexdino.model_files import CARD_FILE, CONFIG_FILE, TOKENIZER, WEIGHTS_FILE
 
 # --------------------------------------------------------------------------------------
 # the model card

@@ -1,11 +1,14 @@
 """Zero-shot probabilities for new films, with exactly the preprocessing the model was trained on.
 
-A film goes through the images stage's own loader (:func:`chexdino.images.load_cxr`: decode,
-long side to the stored size, centred on black), then the evaluation transform (bicubic
-resize to the model's input size, CLIP normalisation) and the model, batched on the GPU when
-there is one. Labels and prompts are the run's evaluation settings, so a film scored here
-gets the number the evaluate stage would give it. A file that cannot be read lands in the
-rejects table with its reason; it never stops the run and never becomes a row of zeros.
+A film goes through the images stage's own loader and guards (:func:`chexdino.images.load_cxr`:
+``images.max_frame_pixels``, the header and pixel checks, decode, long side to the stored
+size, centred on black), then the evaluation transform (bicubic resize to the model's input
+size, its normalisation) and the model, batched on the GPU when there is one. The settings
+come with the model: a checkpoint records its input size, precision, device, stored film size
+and prompts; an exported folder records the same and its labels in ``open_clip_config.json``.
+So a film scored here gets the number the evaluate stage would give it. A file that cannot be
+read lands in the rejects table with its reason; it never stops the run and never becomes a
+row of zeros.
 """
 
 from __future__ import annotations
@@ -20,28 +23,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from tqdm import tqdm
 
 from chexdino import zeroshot
-from chexdino.config import (
-    PROMPT_KEYS,
-    EvaluateConfig,
-    ImagesConfig,
-    PromptConfig,
-    TrainConfig,
-    shipped_section,
-)
+from chexdino.config import PROMPT_KEYS, PromptConfig, shipped_section
 from chexdino.device import pick_device
 from chexdino.errors import ChexdinoError, ImageReadError
-from chexdino.evaluate import (
-    embed_images,
-    load_checkpoint_model,
-    prompt_settings,
-    text_encoder,
-)
-from chexdino.export import exported_settings, is_exported, load_model_folder
 from chexdino.images import load_cxr
+from chexdino.inference import class_embeddings, embed_images
+from chexdino.model_files import (
+    checkpoint_settings,
+    exported_settings,
+    is_exported,
+    load_model,
+)
 from chexdino.tables import PREDICTION_REJECT_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -49,99 +44,65 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PredictSettings:
-    """What decides a film's probabilities besides the weights (from the run's config)."""
+    """What decides a film's probabilities besides the weights: the model's own record (a
+    checkpoint's or an exported folder's), then the command line's ``--labels``, ``--device``,
+    ``--precision`` and ``--max-frame-pixels``."""
 
     store_size: int
     input_size: int
     labels: list[str]
-    evaluate: dict[str, Any]
+    prompts: dict[str, Any]
     precision: str
     device: str
+    max_frame_pixels: int
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> PredictSettings:
-        """``images.size``, ``train.input_size / precision / device`` and ``evaluate:`` (keys
-        a run's config leaves out take config.yaml's values)."""
-        train = TrainConfig.from_section(config.get("train"))
-        evaluate = EvaluateConfig.from_section(config.get("evaluate"))
-        return cls(store_size=ImagesConfig.from_section(config.get("images")).size,
-                   input_size=train.input_size, labels=list(evaluate.labels),
-                   evaluate=evaluate.to_dict(), precision=train.precision, device=train.device)
+    def from_checkpoint(cls, path: Path) -> PredictSettings:
+        """A chexdino checkpoint's record; labels are config.yaml's ``evaluate.labels``."""
+        record = checkpoint_settings(path)
+        return cls(store_size=int(record["store_size"]), input_size=record["input_size"],
+                   labels=list(shipped_section("evaluate")["labels"]),
+                   prompts=dict(record["prompts"]), precision=record["precision"],
+                   device=record["device"],
+                   max_frame_pixels=int(shipped_section("images")["max_frame_pixels"]))
 
     @classmethod
     def from_exported(cls, section: Mapping[str, Any]) -> PredictSettings:
         """The ``chexdino`` section of an exported folder's ``open_clip_config.json``."""
         prep = section["preprocessing"]
-        precision = section.get("precision") or shipped_section("train")["precision"]
+        images = shipped_section("images")
         return cls(store_size=int(prep["store_size"]), input_size=int(prep["input_size"]),
-                   labels=list(section["labels"]), evaluate=dict(section.get("evaluate", {})),
-                   precision=str(precision), device=shipped_section("train")["device"])
+                   labels=list(section["labels"]),
+                   prompts={k: v for k, v in section.get("evaluate", {}).items()
+                            if k in PROMPT_KEYS},
+                   precision=str(section.get("precision") or shipped_section("train")["precision"]),
+                   device=shipped_section("train")["device"],
+                   max_frame_pixels=int(prep.get("max_frame_pixels",
+                                                 images["max_frame_pixels"])))
 
 
-def predict_settings(model_path: Path, configs: Sequence[Path], labels: Sequence[str] = (),
-                     device: str | None = None, precision: str | None = None
+def predict_settings(model_path: Path, labels: Sequence[str] = (), device: str | None = None,
+                     precision: str | None = None, max_frame_pixels: int | None = None
                      ) -> PredictSettings:
-    """The settings ``chexdino predict`` scores with: an exported folder's own, else the
-    run's config files (default: the results folder's run_config.yaml); ``labels``,
-    ``device`` and ``precision``, when given, replace theirs."""
-    if is_exported(Path(model_path)) and not configs:
+    """The settings ``chexdino predict`` scores with: an exported folder's own or a
+    checkpoint's record; ``labels``, ``device``, ``precision`` and ``max_frame_pixels``, when
+    given, replace theirs. Any other open_clip folder has no record: it is refused here."""
+    model_path = Path(model_path)
+    if is_exported(model_path):
         log.info("settings from %s/open_clip_config.json", model_path)
-        settings = PredictSettings.from_exported(exported_settings(Path(model_path)))
+        settings = PredictSettings.from_exported(exported_settings(model_path))
+    elif model_path.is_file():
+        log.info("settings from the checkpoint %s", model_path)
+        settings = PredictSettings.from_checkpoint(model_path)
     else:
-        configs = list(configs) or [default_config(Path(model_path))]
-        log.info("settings from %s", ", ".join(map(str, configs)))
-        settings = PredictSettings.from_config(merge_configs(configs))
+        raise ChexdinoError(f"--model {model_path}: not a chexdino checkpoint or exported "
+                            "folder (score other open_clip folders with chexdino evaluate)")
     if labels:
         settings.labels = list(labels)
     settings.device = device or settings.device
     settings.precision = precision or settings.precision
+    settings.max_frame_pixels = max_frame_pixels or settings.max_frame_pixels
     return settings
-
-
-def merge_configs(paths: Sequence[Path]) -> dict[str, Any]:
-    """YAML files merged in order, nested sections key by key (as Snakemake's --configfile)."""
-    merged: dict[str, Any] = {}
-    for path in paths:
-        path = Path(path)
-        if not path.is_file():
-            raise ChexdinoError(f"--config: file not found: {path}")
-        doc = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(doc, dict):
-            raise ChexdinoError(f"--config: {path} does not hold a YAML mapping")
-        _merge_into(merged, doc)
-    return merged
-
-
-def _merge_into(base: dict[str, Any], update: Mapping[str, Any]) -> None:
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
-            _merge_into(base[key], value)
-        else:
-            base[key] = value
-
-
-def default_config(model_path: Path) -> Path:
-    """The run's merged config, ``<results>/run_config.yaml``, for ``<results>/train/best.pt``."""
-    model_path = Path(model_path).resolve()
-    for folder in (model_path.parent, *model_path.parents[:3]):
-        candidate = folder / "run_config.yaml"
-        if candidate.is_file():
-            return candidate
-    raise ChexdinoError(
-        f"no run_config.yaml found near {model_path}: pass the run's settings with --config "
-        "(the results folder's run_config.yaml, or config.yaml plus any --configfile overlays)"
-    )
-
-
-def load_model(path: Path, device: torch.device, input_size: int | None = None):
-    """A chexdino checkpoint (``train/best.pt``), an exported model folder, or any open_clip
-    model folder (``open_clip_config.json`` + weights; its preprocessing must be chexdino's)."""
-    path = Path(path)
-    if path.is_dir():
-        return load_model_folder(path, device, input_size)
-    if not path.is_file():
-        raise ChexdinoError(f"--model: file not found: {path}")
-    return load_checkpoint_model(path, device)
 
 
 def collect_files(inputs: Sequence[Path]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -168,12 +129,13 @@ def collect_files(inputs: Sequence[Path]) -> tuple[list[Path], list[tuple[str, s
 
 
 def load_films(
-    files: Sequence[Path], size: int
+    files: Sequence[Path], size: int, max_frame_pixels: int
 ) -> Iterator[tuple[Path, np.ndarray | None, tuple[int, int] | None, str | None]]:
-    """Each file through the images stage's loader: (path, image, source shape, reject reason)."""
+    """Each file through the images stage's loader and guards: (path, image, source shape,
+    reject reason)."""
     for path in files:
         try:
-            image, shape = load_cxr(path, size)
+            image, shape = load_cxr(path, size, max_frame_pixels)
         except ImageReadError as exc:
             yield path, None, None, exc.reason
         except Exception as exc:  # a decoder bug must not lose the other films
@@ -196,18 +158,16 @@ def predict_files(
     device, precision = pick_device(settings.device), settings.precision
     model = load_model(Path(model_path), device, settings.input_size)
     files, rejects = collect_files(inputs)
-    prompts = PromptConfig.from_section(
-        {k: v for k, v in settings.evaluate.items() if k in PROMPT_KEYS})
-    pairs = zeroshot.prompt_pairs(settings.labels, **prompt_settings(prompts))
-    classes = zeroshot.class_embeddings(text_encoder(model, device, precision), pairs)
+    prompts = PromptConfig.from_section(settings.prompts)
+    classes = class_embeddings(model, settings.labels, prompts, device, precision)
     log.info("scoring %d files for %d labels (input %d px) with %s", len(files),
-             len(pairs), settings.input_size, model_path)
+             len(settings.labels), settings.input_size, model_path)
     rows: list[dict[str, Any]] = []
     probs: list[np.ndarray] = []
     batch: list[tuple[Path, np.ndarray, tuple[int, int]]] = []
     interval = 0.1 if sys.stderr.isatty() else 30.0
-    films = tqdm(load_films(files, settings.store_size), total=len(files), desc="predict",
-                 unit="img", mininterval=interval)
+    films = tqdm(load_films(files, settings.store_size, settings.max_frame_pixels),
+                 total=len(files), desc="predict", unit="img", mininterval=interval)
     for path, image, shape, reason in films:
         if reason is not None:
             rejects.append((str(path), reason))

@@ -23,9 +23,11 @@ import torch
 
 from chexdino import h5store, metrics
 from chexdino.config import EvaluateConfig
-from chexdino.device import autocast, pick_device
-from chexdino.evaluate import embed_images, load_checkpoint_model, read_scoring
+from chexdino.device import pick_device
+from chexdino.inference import embed_images, embed_tokens
+from chexdino.model_files import load_checkpoint_model, read_scoring
 from chexdino.provenance import environment
+from chexdino.scorecard import format_recall
 from chexdino.tokens import read_tokens
 
 log = logging.getLogger(__name__)
@@ -100,19 +102,6 @@ def study_level(
     return study_emb, np.asarray(text_of_study).reshape(-1), study_rows[text_first]
 
 
-@torch.no_grad()
-def embed_tokens(model, tokens: np.ndarray, device: torch.device, precision: str,
-                 batch_size: int = 256) -> torch.Tensor:
-    """(N, 77) CLIP BPE tokens -> (N, D) unit text embeddings, batched."""
-    model.eval()
-    out = []
-    for start in range(0, len(tokens), batch_size):
-        chunk = torch.from_numpy(np.ascontiguousarray(tokens[start:start + batch_size]))
-        with autocast(device, precision):
-            out.append(model.encode_text(chunk.long().to(device)).float())
-    return torch.cat(out) if out else torch.zeros(0, model.cfg.embed_dim)
-
-
 def score_retrieval(
     model_path: Path, cxr_h5: Path, tokens_h5: Path, out_dir: Path, cfg: EvaluateConfig,
     split: str = "test", ks: Sequence[int] = KS,
@@ -165,13 +154,3 @@ def score_retrieval(
 
 def _finite(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
-
-
-def format_recall(table: pd.DataFrame) -> str:
-    """Plain-text Recall@K table for logs."""
-    lines = [f"{'direction':<16} {'K':>3}  recall  95% CI"]
-    for r in table.itertuples():
-        lines.append(f"{r.direction:<16} {r.k:>3}  {r.recall:.3f}   "
-                     f"[{r.ci_low:.3f}, {r.ci_high:.3f}]  ({r.n_queries} queries, "
-                     f"{r.n_candidates} candidates)")
-    return "\n".join(lines)

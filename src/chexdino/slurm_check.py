@@ -95,6 +95,13 @@ def gpu_count(gres: str) -> int:
     return total
 
 
+def processes_per_node(gpu: int, gres: str, nodes: int) -> int:
+    """Trainer processes per node: one per GPU the job asks for on each node (a ``gres``
+    count is per node; ``gpu``, sbatch's ``--gpus``, counts the whole job)."""
+    per_node = gpu_count(gres) if gres else int(gpu) // max(1, int(nodes))
+    return max(1, per_node)
+
+
 def parse_partitions(partition_text: str, node_text: str) -> dict[str, Partition]:
     """Partitions from ``scontrol --oneliner show partition`` and ``... show node``."""
     nodes = [_fields(line) for line in node_text.splitlines() if "NodeName=" in line]

@@ -24,6 +24,7 @@ import torch
 
 from chexdino import __version__, h5store
 from chexdino.atomic import atomic_output
+from chexdino.code_version import closure_versions
 from chexdino.config import ModelConfig, PromptConfig, TrainConfig
 from chexdino.data import ImageBank, batch_indices, step_generator, to_device
 from chexdino.device import autocast, pick_device
@@ -40,16 +41,23 @@ from chexdino.distributed import (
     shutdown,
     wrap_data_parallel,
 )
-from chexdino.evaluate import embed_images, validation_auroc
+from chexdino.inference import embed_images, validation_auroc
 from chexdino.model import ChexDino, build_model, contrastive_loss
-from chexdino.provenance import code_fingerprint, environment
+from chexdino.provenance import environment
 from chexdino.tokens import read_tokens
 from chexdino.transforms import AugmentConfig, apply_augment, augment_params
 
 log = logging.getLogger(__name__)
-# The source of every module training runs: resuming across a code change would splice two
-# different trajectories, so such checkpoints are not resumed.
-TRAINING_CODE = code_fingerprint(("train",))
+TRAJECTORY_MODULES: tuple[str, ...] = ("train", "model", "data", "transforms", "distributed",
+                                       "device")
+"""The modules that decide the weights' trajectory: the step, the optimiser, the model, the
+batches and their augmentation, how processes share the work. Resuming across a change of
+their behaviour would splice two different runs, so such checkpoints are not resumed; an edit
+elsewhere (validation, logging helpers, other stages) or a comment anywhere resumes."""
+
+TRAINING_CODE: dict[str, str] = closure_versions("train")
+"""The version of every module training runs (:mod:`chexdino.code_version`: comments and
+docstrings do not count), recorded in each checkpoint."""
 
 RESUME_SAFE_KEYS = frozenset({"keep_last", "keep_best", "log_every", "data_on_device",
                               "compile", "compile_mode", "device"})
@@ -173,6 +181,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+        self.store_size = h5store.stored_size(cxr_h5)
         self.train = load_split(cxr_h5, tokens_h5, "train", self.device, self.cfg.data_on_device)
         # Validation films stay where the training films are (on the GPU when they fit).
         self.val = load_split(cxr_h5, tokens_h5, "validate", self.device,
@@ -401,7 +410,8 @@ class Trainer:
         return {"step": self.step, "model": self.model.state_dict(),
                 "model_config": self.model_cfg.to_dict(), "val": val or {},
                 "normalize": self.cfg.normalize, "chexdino_version": __version__,
-                **evaluation_settings(self.cfg)}
+                "store_size": self.store_size, "prompts": self.prompts.to_dict(),
+                "train_config": asdict(self.cfg), **evaluation_settings(self.cfg)}
 
     def save_checkpoint(self, background: bool = False) -> Path:
         """Full resumable state to ``step_XXXXXXX.pt`` (atomic), then apply retention.
@@ -413,7 +423,6 @@ class Trainer:
         payload = self._weights_payload(self.val_rows[-1] if self.val_rows else None)
         payload.update({
             "optimizer": self.optimizer.state_dict(),
-            "train_config": asdict(self.cfg),
             "code": TRAINING_CODE,
             "log_rows": list(self.log_rows),
             "val_rows": list(self.val_rows),
@@ -500,11 +509,17 @@ class Trainer:
             if changed and not self.world.is_main:
                 return  # the main process deletes them; this one starts fresh too
             if changed:
-                log.warning("checkpoints in %s were written with other settings (%s); "
-                            "deleting them and starting a new run", self.ckpt_dir, changed)
+                log.warning("not resuming: checkpoints in %s were written with other settings "
+                            "or code (%s); deleting them and starting a new run",
+                            self.ckpt_dir, "; ".join(changed))
                 for stale in [*self._step_checkpoints(), self.ckpt_dir / "best.pt"]:
                     stale.unlink(missing_ok=True)
                 return
+            other = changed_modules(ckpt.get("code"))
+            if other:
+                log.info("resuming across an edit of %s: the trajectory's code (%s) is "
+                         "unchanged; validation rows before step %d came from the earlier code",
+                         ", ".join(other), ", ".join(TRAJECTORY_MODULES), int(ckpt["step"]))
             self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.step = int(ckpt["step"])
@@ -519,8 +534,7 @@ class Trainer:
         changed = [k for k in now if k not in RESUME_SAFE_KEYS and saved.get(k) != now[k]]
         if ckpt.get("model_config") != self.model_cfg.to_dict():
             changed.append("model")
-        if ckpt.get("code") != TRAINING_CODE:
-            changed.append("training code")
+        changed += changed_trajectory_code(ckpt.get("code"))
         return changed
 
     def write_tables(self, best_step: int | None = None) -> None:
@@ -603,6 +617,23 @@ def _host_copy(payload: Any, device: torch.device) -> tuple[Any, torch.cuda.Even
     done = torch.cuda.Event()
     done.record(torch.cuda.current_stream(device))
     return host, done
+
+
+def changed_modules(recorded: Any) -> list[str]:
+    """Modules whose behaviour differs from a checkpoint's record (``code``), by file name."""
+    if not isinstance(recorded, dict):
+        return []  # an older checkpoint: changed_trajectory_code refuses it
+    return [f"{name}.py" for name in sorted(set(recorded) | set(TRAINING_CODE))
+            if recorded.get(name) != TRAINING_CODE.get(name)]
+
+
+def changed_trajectory_code(recorded: Any) -> list[str]:
+    """Why a checkpoint's trajectory code differs from this one's (empty: it does not)."""
+    if not isinstance(recorded, dict):
+        return ["training code (written by an older chexdino, without module versions)"]
+    edited = [f"{name}.py" for name in TRAJECTORY_MODULES
+              if recorded.get(name) != TRAINING_CODE.get(name)]
+    return [f"training code: {', '.join(edited)} changed"] if edited else []
 
 
 def evaluation_settings(cfg: TrainConfig) -> dict[str, Any]:

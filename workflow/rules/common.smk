@@ -9,10 +9,13 @@ from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
 from chexdino.config import PROMPT_KEYS, validate_config
-from chexdino.distributed import processes_per_node
 from chexdino.job_env import export_source_folder, put_planning_environment_first
-from chexdino.provenance import module_closure
-from chexdino.slurm_check import RequestError, check_workflow_requests
+from chexdino.code_version import code_version
+from chexdino.slurm_check import (
+    RequestError,
+    check_workflow_requests,
+    processes_per_node,
+)
 
 # Schema plus cross-key and file checks; every problem is named by its dotted key.
 validate_config(
@@ -41,9 +44,11 @@ def as_json(value):
 
 
 def stage_code(module):
-    """Source files a stage runs (its chexdino module and what that imports), as inputs:
-    editing one reruns the stage and everything downstream of it."""
-    return [str(path) for path in module_closure(module)]
+    """The version of the code a stage runs (its chexdino module and every module that imports),
+    as a parameter: a change of behaviour reruns the stage and everything downstream of it; a
+    comment, a docstring, formatting or a touched file reruns nothing (chexdino.code_version).
+    """
+    return code_version(module)
 
 
 def image_shards(dataset):

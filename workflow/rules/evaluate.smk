@@ -3,7 +3,6 @@
 
 rule evaluate:
     input:
-        code=stage_code("evaluate"),
         model=f"{R}/train/best.pt",
         checkpoints=f"{R}/train/checkpoints.json",
         cxr=eval_store,
@@ -37,6 +36,7 @@ rule evaluate:
         gpu=1,
     # Input size, precision and device come with the checkpoint (what training used).
     params:
+        code=stage_code("evaluate"),
         out_dir=lambda wildcards, output: os.path.dirname(output.summary),
         evaluate=as_json(config["evaluate"]),
         split=lambda wc: "test" if wc.evalset == "mimic_test" else "",
@@ -49,7 +49,6 @@ rule evaluate:
 # Image-report retrieval (Recall@1/5/10 both ways, study level) on MIMIC-CXR's test split.
 rule retrieval:
     input:
-        code=stage_code("retrieval"),
         model=f"{R}/train/best.pt",
         cxr=f"{R}/mimic/cxr.h5",
         tokens=f"{R}/mimic/tokens.h5",
@@ -71,6 +70,7 @@ rule retrieval:
     # Only the evaluate keys retrieval reads (other settings do not rerun it); input size,
     # precision and device come with the checkpoint.
     params:
+        code=stage_code("retrieval"),
         out_dir=lambda wildcards, output: os.path.dirname(output.summary),
         evaluate=as_json(
             {k: config["evaluate"][k] for k in ("bootstrap", "seed", "batch_size")}
@@ -83,7 +83,6 @@ rule retrieval:
 # CheXzero's published AUROCs (one data file with their source) beside our CheXpert scorecard.
 rule compare_published:
     input:
-        code=stage_code("published"),
         auroc=f"{R}/eval/chexpert_test/auroc.csv",
         summary=f"{R}/eval/chexpert_test/summary.json",
         published=os.path.join(
@@ -100,6 +99,8 @@ rule compare_published:
         f"{R}/logs/compare_published.log",
     conda:
         "../../environment.yml"
+    params:
+        code=stage_code("published"),
     shell:
         "chexdino compare-published --auroc {input.auroc} --summary {input.summary}"
         " --published {input.published} --eval-set chexpert_test --out {output}"
@@ -109,7 +110,6 @@ rule compare_published:
 # Another model (compare_models: an exported or any open_clip model folder), same protocol.
 rule evaluate_model:
     input:
-        code=stage_code("predict"),
         model=lambda wildcards: config["compare_models"][wildcards.other],
         cxr=eval_store,
     output:
@@ -126,24 +126,21 @@ rule evaluate_model:
     threads: 8
     resources:
         gpu=1,
-    # The folder brings its input size; it is scored at this run's precision on its device.
+    # The folder brings its input size (and a chexdino export its precision).
     params:
+        code=stage_code("evaluate"),
         out_dir=lambda wildcards, output: os.path.dirname(output.summary),
         evaluate=as_json({**config["evaluate"], "ensemble_top_k": 1}),
-        precision=config["train"]["precision"],
-        device=config["train"]["device"],
         split=lambda wc: "test" if wc.evalset == "mimic_test" else "",
     shell:
         "chexdino evaluate --model {input.model} --cxr {input.cxr}"
         " --split '{params.split}' --evaluate {params.evaluate}"
-        " --precision {params.precision} --device {params.device}"
         " --out-dir {params.out_dir} > {log} 2>&1"
 
 
 # This run's scorecard and every compared model's, a column each.
 rule compare_models:
     input:
-        code=stage_code("published"),
         ours=f"{R}/eval/{{evalset}}/auroc.csv",
         others=lambda wildcards: expand(
             f"{R}/eval/{wildcards.evalset}/models/{{other}}/auroc.csv",
@@ -161,6 +158,7 @@ rule compare_models:
     conda:
         "../../environment.yml"
     params:
+        code=stage_code("published"),
         names=lambda wildcards: " ".join(["this-run", *compared_models()]),
         folders=lambda wildcards, input: " ".join(
             os.path.dirname(p) for p in [input.ours, *input.others]

@@ -4,9 +4,7 @@
 
 rule export:
     input:
-        code=stage_code("export"),
         model=f"{R}/train/best.pt",
-        run_config=f"{R}/run_config.yaml",
         checkpoints=f"{R}/train/checkpoints.json",
         dataset=f"{R}/mimic/dataset_summary.json",
         scorecards=expand(f"{R}/eval/{{evalset}}/auroc.csv", evalset=eval_sets()),
@@ -27,8 +25,12 @@ rule export:
     conda:
         "../../environment.yml"
     params:
-        results=lambda wildcards, input: os.path.dirname(input.run_config),
+        code=stage_code("export"),
+        results=R,
+        evaluate=as_json(config["evaluate"]),
+        select=as_json(config["select"]),
         out_dir=lambda wildcards, output: os.path.dirname(output.weights),
     shell:
         "chexdino export --model {input.model} --results {params.results}"
-        " --out-dir {params.out_dir} --landing {output.landing} > {log} 2>&1"
+        " --out-dir {params.out_dir} --landing {output.landing}"
+        " --evaluate {params.evaluate} --select {params.select} > {log} 2>&1"

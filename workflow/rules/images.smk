@@ -6,7 +6,6 @@
 
 rule image_shard:
     input:
-        code=stage_code("images"),
         manifest=f"{R}/{{dataset}}/manifest.csv",
     output:
         h5=temp(f"{R}/{{dataset}}/shards/{{scatteritem}}.h5"),
@@ -17,6 +16,7 @@ rule image_shard:
         "../../environment.yml"
     threads: 2
     params:
+        code=stage_code("images"),
         images=as_json(config["images"]),
     shell:
         "chexdino images --manifest {input.manifest} --shard {wildcards.scatteritem}"
@@ -26,7 +26,6 @@ rule image_shard:
 
 rule gather_images:
     input:
-        code=stage_code("h5store"),
         h5=image_shard_files(".h5"),
         rejects=image_shard_files(".rejects.csv"),
     output:
@@ -36,6 +35,8 @@ rule gather_images:
         f"{R}/logs/gather_images/{{dataset}}.log",
     conda:
         "../../environment.yml"
+    params:
+        code=stage_code("h5store"),
     shell:
         "chexdino gather --shards {input.h5} --shard-rejects {input.rejects}"
         " --out {output.h5} --rejects {output.rejects} > {log} 2>&1"

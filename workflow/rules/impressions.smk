@@ -5,7 +5,6 @@
 # selection then reruns the image stages only (tokens join impressions by study_id).
 rule impressions:
     input:
-        code=stage_code("impressions"),
         split=config["mimic"]["split_csv"],
     output:
         impressions=f"{R}/mimic/impressions.csv",
@@ -16,6 +15,7 @@ rule impressions:
     conda:
         "../../environment.yml"
     params:
+        code=stage_code("impressions"),
         report_root=lambda wildcards: config["mimic"]["report_root"],
     shell:
         "chexdino impressions --split {input.split} --report-root {params.report_root}"
@@ -25,7 +25,6 @@ rule impressions:
 
 rule tokens:
     input:
-        code=stage_code("tokens"),
         cxr=f"{R}/mimic/cxr.h5",
         impressions=f"{R}/mimic/impressions.csv",
     output:
@@ -35,6 +34,7 @@ rule tokens:
     conda:
         "../../environment.yml"
     params:
+        code=stage_code("tokens"),
         reports=as_json(config["reports"]),
     shell:
         "chexdino tokens --cxr {input.cxr} --impressions {input.impressions}"

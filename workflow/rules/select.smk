@@ -4,7 +4,6 @@
 
 rule select_mimic:
     input:
-        code=stage_code("selection"),
         split=config["mimic"]["split_csv"],
         metadata=config["mimic"]["metadata_csv"],
         chexpert=config["mimic"]["chexpert_csv"],
@@ -17,6 +16,7 @@ rule select_mimic:
     conda:
         "../../environment.yml"
     params:
+        code=stage_code("selection"),
         # Folders holding many files (not inputs of this rule): passed as plain values.
         image_root=lambda wildcards: config["mimic"]["image_root"],
         image_suffix=config["mimic"]["image_suffix"],
@@ -32,7 +32,6 @@ rule select_mimic:
 
 rule select_chexpert_test:
     input:
-        code=stage_code("selection"),
         groundtruth=(
             config["chexpert_test"]["groundtruth_csv"]
             if config.get("chexpert_test")
@@ -47,6 +46,7 @@ rule select_chexpert_test:
     conda:
         "../../environment.yml"
     params:
+        code=stage_code("selection"),
         image_root=(config.get("chexpert_test") or {}).get("image_root", ""),
     shell:
         "chexdino select-chexpert --groundtruth {input.groundtruth}"

@@ -3,7 +3,6 @@
 
 rule dataset_summary:
     input:
-        code=stage_code("dataset_summary"),
         manifest=f"{R}/mimic/manifest.csv",
         select_rejects=f"{R}/mimic/select_rejects.csv",
         cxr=f"{R}/mimic/cxr.h5",
@@ -28,6 +27,7 @@ rule dataset_summary:
     conda:
         "../../environment.yml"
     params:
+        code=stage_code("dataset_summary"),
         report=as_json(config.get("report") or {}),
     shell:
         "chexdino summarize --manifest {input.manifest}"
@@ -40,7 +40,6 @@ rule dataset_summary:
 
 rule run_summary:
     input:
-        code=stage_code("provenance"),
         dataset=f"{R}/mimic/dataset_summary.json",
         checkpoints=f"{R}/train/checkpoints.json",
         scorecards=expand(f"{R}/eval/{{evalset}}/summary.json", evalset=eval_sets()),
@@ -63,6 +62,7 @@ rule run_summary:
     conda:
         "../../environment.yml"
     params:
+        code=stage_code("run_summary"),
         config=as_json(config),
     shell:
         "chexdino run-summary --dataset {input.dataset} --checkpoints {input.checkpoints}"

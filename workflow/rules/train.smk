@@ -9,7 +9,6 @@ signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 rule train:
     input:
-        code=stage_code("train"),
         cxr=f"{R}/mimic/cxr.h5",
         tokens=f"{R}/mimic/tokens.h5",
     output:
@@ -27,6 +26,7 @@ rule train:
         gpu=1,
         nodes=1,
     params:
+        code=stage_code("train"),
         out_dir=lambda wildcards, output: os.path.dirname(output.model),
         nproc=lambda wildcards, resources: processes_per_node(
             resources.gpu, resources.get("gres", ""), resources.nodes
@@ -45,7 +45,6 @@ rule train:
 
 rule plot_training:
     input:
-        code=stage_code("plots"),
         metrics=f"{R}/train/metrics.csv",
         validation=f"{R}/train/validation.csv",
     output:
@@ -58,6 +57,8 @@ rule plot_training:
         f"{R}/logs/plot_training.log",
     conda:
         "../../environment.yml"
+    params:
+        code=stage_code("plots"),
     shell:
         "chexdino plot-training --metrics {input.metrics} --validation {input.validation}"
         " --out {output} > {log} 2>&1"
