@@ -164,7 +164,7 @@ def test_evaluate_model_refuses_what_it_cannot_score(store_and_checkpoints, tmp_
 def test_scorecard_text_prints_every_evaluation_set_of_a_results_folder(store_and_checkpoints,
                                                                        tmp_path):
     from chexdino.errors import ChexdinoError
-    from chexdino.scorecard import scorecard_text
+    from chexdino.scorecard_text import scorecard_text
 
     cxr, (a, _), _ = store_and_checkpoints
     with pytest.raises(ChexdinoError, match="no eval/\\*/summary.json under"):

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 from matplotlib.image import imread
 
-from chexdino import LABELS, plots
+from chexdino import LABELS
+from chexdino import roc_plot as plots
 from chexdino.metrics import auroc_table, headline
 from chexdino.scorecard import format_table, write_scorecard
 from conftest import synthetic_scores

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
 import h5py
@@ -143,3 +145,48 @@ def test_logs_hold_no_report_text(finished_run):
     assert logs
     leaked = [t for t in impressions["impression"] if len(t) > 25 and t in logs]
     assert not leaked, leaked[:3]
+
+
+def planned_rules(dry_run_output: str) -> set[str]:
+    """Rules ``snakemake -n`` plans (``rule x:`` / ``localrule x:`` headers), less ``all``."""
+    return set(re.findall(r"(?m)^(?:local)?rule (\w+):$", dry_run_output)) - {"all"}
+
+
+def dry_run_with_edits(configs, edits: dict[str, str]) -> set[str]:
+    """The rules planned with each named module's source passed through an edit, restored."""
+    from chexdino.code_version import PACKAGE_DIR
+
+    saved = {}
+    try:
+        for name, kind in edits.items():
+            path = PACKAGE_DIR / name
+            saved[path] = (path.read_bytes(), path.stat())
+            source = path.read_text()
+            if kind == "harmless":
+                source = ('# a comment\n' + source.replace('"""', '"""Reworded. ', 1)
+                          + "\n\n# the end\n")
+            else:
+                source += "\nAN_EDIT = 1\n"
+            path.write_text(source)
+        return planned_rules(snakemake("-n", "all", *configs).stdout)
+    finally:
+        for path, (data, stat) in saved.items():
+            path.write_bytes(data)
+            os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_code_edits_rerun_exactly_their_stages(finished_run):
+    """A comment or docstring anywhere reruns nothing; a real edit of the model card, predict,
+    the training figure or the SLURM check never reruns training or evaluation; one of image
+    decoding reruns the images stage and everything after it (docs/reruns.md)."""
+    _, configs = finished_run
+    modules = ("modelcard.py", "train.py", "predict.py", "export.py", "plots.py",
+               "slurm_check.py", "evaluate.py", "dicom.py", "model.py")
+    assert dry_run_with_edits(configs, dict.fromkeys(modules, "harmless")) == set()
+    assert dry_run_with_edits(configs, dict.fromkeys(
+        ("modelcard.py", "predict.py", "plots.py", "slurm_check.py"), "real")) == {
+        "export", "plot_training"}
+    decoded = dry_run_with_edits(configs, {"dicom.py": "real"})
+    assert {"image_shard", "gather_images", "tokens", "dataset_summary", "train", "evaluate",
+            "export"} <= decoded
+    assert not decoded & {"select_mimic", "select_chexpert_test", "impressions"}

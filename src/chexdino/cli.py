@@ -201,7 +201,7 @@ def cmd_run_summary(a: argparse.Namespace) -> None:
 
 @command("scorecard")
 def cmd_scorecard(a: argparse.Namespace) -> None:
-    from chexdino.scorecard import scorecard_text
+    from chexdino.scorecard_text import scorecard_text
 
     print(scorecard_text(Path(a.results)))
 

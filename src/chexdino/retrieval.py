@@ -27,7 +27,6 @@ from chexdino.device import pick_device
 from chexdino.inference import embed_images, embed_tokens
 from chexdino.model_files import load_checkpoint_model, read_scoring
 from chexdino.provenance import environment
-from chexdino.scorecard import format_recall
 from chexdino.tokens import read_tokens
 
 log = logging.getLogger(__name__)
@@ -154,3 +153,13 @@ def score_retrieval(
 
 def _finite(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
+
+
+def format_recall(table: pd.DataFrame) -> str:
+    """Plain-text Recall@K table for logs and the terminal."""
+    lines = [f"{'direction':<16} {'K':>3}  recall  95% CI"]
+    for r in table.itertuples():
+        lines.append(f"{r.direction:<16} {r.k:>3}  {r.recall:.3f}   "
+                     f"[{r.ci_low:.3f}, {r.ci_high:.3f}]  ({r.n_queries} queries, "
+                     f"{r.n_candidates} candidates)")
+    return "\n".join(lines)

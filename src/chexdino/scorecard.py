@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from chexdino.errors import ChexdinoError
 from chexdino.metrics import TABLE_COLUMNS, check_inputs
 
 
@@ -41,7 +40,7 @@ def write_scorecard(
     Probabilities are kept per image (with its ids) so any number can be recomputed or
     compared across models later without re-running the GPU step.
     """
-    from chexdino.plots import plot_roc_curves
+    from chexdino.roc_plot import plot_roc_curves
 
     probs, targets, names = check_inputs(probs, targets, label_names)
     if len(ids) != probs.shape[0]:
@@ -111,32 +110,3 @@ def format_table(table: pd.DataFrame, summary: dict) -> str:
         ),
     ]
     return "\n".join(lines)
-
-
-def format_recall(table: pd.DataFrame) -> str:
-    """Plain-text Recall@K table (retrieval's ``retrieval.csv``) for logs and the terminal."""
-    lines = [f"{'direction':<16} {'K':>3}  recall  95% CI"]
-    for r in table.itertuples():
-        lines.append(f"{r.direction:<16} {r.k:>3}  {r.recall:.3f}   "
-                     f"[{r.ci_low:.3f}, {r.ci_high:.3f}]  ({r.n_queries} queries, "
-                     f"{r.n_candidates} candidates)")
-    return "\n".join(lines)
-
-
-def scorecard_text(results: Path) -> str:
-    """The AUROC tables (and retrieval recalls) of every evaluation set under ``results``."""
-    summaries = sorted(Path(results).glob("eval/*/summary.json"))
-    if not summaries:
-        raise ChexdinoError(f"no eval/*/summary.json under {results}: run the workflow first")
-    parts = []
-    for path in summaries:
-        table = pd.read_csv(path.with_name("auroc.csv"), keep_default_na=False,
-                            na_values=[""])
-        summary = json.loads(path.read_text())
-        parts += [f"\n== zero-shot scorecard: {path.parent.name} ==",
-                  format_table(table, summary.get("headline", summary))]
-        retrieval = path.with_name("retrieval.csv")
-        if retrieval.is_file():
-            parts += [f"\n== retrieval (study level): {path.parent.name} ==",
-                      format_recall(pd.read_csv(retrieval))]
-    return "\n".join(parts)
