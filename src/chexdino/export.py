@@ -45,12 +45,14 @@ def export_run(model: Path, results: Path, out_dir: Path, evaluate: EvaluateConf
     training = json.loads(needed["train/checkpoints.json"].read_text())
     dataset = json.loads(needed["mimic/dataset_summary.json"].read_text())
     tables = extra_tables(results)
-    card = model_card(config, training, dataset, run_scorecards(results),
-                      {title: f"{note}\n\n{markdown_table(frame)}"
-                       for title, (frame, note) in tables.items()})
+    sections = {title: f"{note}\n\n{markdown_table(frame)}"
+                for title, (frame, note) in tables.items()}
+    scorecards = run_scorecards(results)
     settings = {"store_size": record["store_size"], "input_size": record["input_size"],
                 "labels": list(evaluate.labels), "evaluate": evaluate.to_dict(),
                 "precision": record["precision"]}
-    export_model(Path(model), Path(out_dir), settings, card)
+    export_model(Path(model), Path(out_dir), settings,
+                 lambda section: model_card(config, training, dataset, scorecards, sections,
+                                            export=section))
     if landing is not None:
         Path(landing).write_text(landing_block(Path(out_dir), tables))

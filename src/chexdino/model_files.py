@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,8 +87,9 @@ def preprocess_config(input_size: int, normalize: str = "clip") -> dict[str, Any
     """open_clip's ``preprocess_cfg``: aspect-kept resize of the long side, black padding.
 
     open_clip's transform letterboxes straight to ``input_size``; chexdino letterboxes to the
-    stored 320 px first (Lanczos) and then resizes (bicubic). The exact recipe is in the
-    config's ``chexdino.preprocessing`` and in ``chexdino predict``.
+    stored 320 px first (Lanczos) and then resizes (bicubic). The export's ``preprocess.py``
+    (``load_film``) does chexdino's part, so ``preprocess(load_film(path))`` is exact; the recipe
+    is also in the config's ``chexdino.preprocessing`` and in ``chexdino predict``.
     """
     mean, std = NORMALIZATIONS[normalize]
     return {"size": input_size, "mode": "RGB", "mean": list(mean), "std": list(std),
@@ -101,7 +102,11 @@ def exact_preprocessing(store_size: int, input_size: int, normalize: str = "clip
     mean, std = NORMALIZATIONS[normalize]
     return {
         "decode": "DICOM via pydicom (Modality LUT, VOI LUT or window, MONOCHROME1 inverted, "
-                  "scaled to uint8); JPG/PNG via Pillow, greyscale",
+                  "scaled to uint8); JPG/PNG via Pillow, greyscale; JPEG in draft mode (libjpeg "
+                  "downscales to the smallest scale holding the letterbox); 16-bit and float "
+                  "PNGs rescaled by their own min and max to 0-255",
+        "loader": "preprocess.py: load_film(path) does decode and letterbox; open_clip's "
+                  "preprocess does the rest",
         "store_size": store_size,
         "letterbox": f"long side to {store_size} px (Lanczos), centred on a black "
                      f"{store_size}x{store_size} canvas",
@@ -114,16 +119,54 @@ def exact_preprocessing(store_size: int, input_size: int, normalize: str = "clip
     }
 
 
+PREPROCESS_FILE = "preprocess.py"
+"""The export's standalone film loader (:mod:`chexdino.film_preprocess` with the run's stored
+size): ``load_film(path)`` then open_clip's ``preprocess`` is chexdino's preprocessing."""
+
+
+def export_section(ckpt: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``chexdino`` section of an export's ``open_clip_config.json``: the model, its
+    exact preprocessing (stored and input size, normalisation), labels, prompts, precision."""
+    cfg = ModelConfig.from_dict(ckpt["model_config"])
+    normalize = str(ckpt.get("normalize", "clip"))
+    return {
+        "version": __version__,
+        "model_config": cfg.to_dict(),
+        "tokenizer": TOKENIZER,
+        "preprocessing": exact_preprocessing(int(settings["store_size"]),
+                                             int(settings["input_size"]), normalize),
+        "labels": list(settings["labels"]),
+        "evaluate": dict(settings.get("evaluate", {})),
+        "precision": str(settings.get("precision", "bf16")),
+        "step": int(ckpt.get("step", -1)),
+    }
+
+
+def preprocess_source(store_size: int) -> str:
+    """The text of the export's ``preprocess.py``: :mod:`chexdino.film_preprocess` with
+    ``STORE_SIZE`` set to the run's stored film size."""
+    source = (Path(__file__).with_name("film_preprocess.py")).read_text()
+    marker = "STORE_SIZE = 320\n"
+    if marker not in source:
+        raise RuntimeError("film_preprocess.py no longer defines STORE_SIZE = 320")
+    return source.replace(marker, f"STORE_SIZE = {int(store_size)}\n", 1)
+
+
 def export_model(
-    checkpoint: Path, out_dir: Path, settings: Mapping[str, Any], card: str | None = None,
+    checkpoint: Path, out_dir: Path, settings: Mapping[str, Any],
+    card: str | Callable[[Mapping[str, Any]], str] | None = None,
 ) -> dict[str, Path]:
-    """Write ``model.safetensors``, ``open_clip_config.json`` and the card into ``out_dir``.
+    """Write ``model.safetensors``, ``open_clip_config.json``, ``preprocess.py`` and the card
+    into ``out_dir``.
 
     ``settings``: ``store_size``, ``input_size``, ``labels``, the ``evaluate`` prompt settings
     and the evaluation ``precision``, so chexdino scores with the folder exactly as with the
-    checkpoint.
+    checkpoint. ``card``: the card's text, or a function of the export's ``chexdino`` section
+    that writes it; by default the card is the recipe only (:func:`chexdino.modelcard.use_card`).
     """
     from safetensors.torch import save_file
+
+    from chexdino.modelcard import use_card
 
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     cfg = ModelConfig.from_dict(ckpt["model_config"])
@@ -133,26 +176,22 @@ def export_model(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"weights": out_dir / WEIGHTS_FILE, "config": out_dir / CONFIG_FILE,
-             "card": out_dir / CARD_FILE}
+             "card": out_dir / CARD_FILE, "preprocess": out_dir / PREPROCESS_FILE}
     with atomic_output(paths["weights"]) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt", "source": "chexdino " + __version__})
+    section = export_section(ckpt, settings)
     doc = {
         "model_cfg": open_clip_model_config(cfg, int(settings["input_size"])),
         "preprocess_cfg": preprocess_config(int(settings["input_size"]), normalize),
-        "chexdino": {
-            "version": __version__,
-            "model_config": cfg.to_dict(),
-            "tokenizer": TOKENIZER,
-            "preprocessing": exact_preprocessing(int(settings["store_size"]),
-                                                 int(settings["input_size"]), normalize),
-            "labels": list(settings["labels"]),
-            "evaluate": dict(settings.get("evaluate", {})),
-            "precision": str(settings.get("precision", "bf16")),
-            "step": int(ckpt.get("step", -1)),
-        },
+        "chexdino": section,
     }
     paths["config"].write_text(json.dumps(doc, indent=2) + "\n")
-    paths["card"].write_text(card or f"# chexdino model\n\nExported from {checkpoint}.\n")
+    paths["preprocess"].write_text(preprocess_source(int(settings["store_size"])))
+    if card is None:
+        card = use_card(section)
+    elif callable(card):
+        card = card(section)
+    paths["card"].write_text(card)
     log.info("exported %s (%d tensors) to %s", checkpoint, len(state), out_dir)
     return paths
 
