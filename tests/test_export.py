@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from chexdino.errors import WeightsError
+from chexdino.export import export_model
 from chexdino.model import build_model
-from chexdino.model_files import export_model, load_exported
+from chexdino.model_files import load_exported
 from chexdino.modelcard import model_card
 from chexdino.tokens import tokenize
 from chexdino.transforms import eval_transform
@@ -246,3 +247,98 @@ def test_evaluate_scores_exported_and_plain_open_clip_folders_like_the_checkpoin
     (plain / "open_clip_config.json").write_text(json.dumps(doc))
     with pytest.raises(ChexdinoError, match=r"size 64 \(evaluation input size is 32\)"):
         load_model_folder(plain, "cpu", 32)
+
+
+def _write_dicom(path, pixels: np.ndarray, **attributes) -> None:
+    """A minimal single-frame DX file (uncompressed), as a scanner would send it."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, generate_uid()
+    ds.Modality, ds.SamplesPerPixel = "DX", 1
+    ds.Rows, ds.Columns = pixels.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+@pytest.mark.slow  # 54 s of CPU (140 s wall on a shared, loaded 2-core machine): one
+# full-size model, built twice (here and by open_clip), three films
+def test_the_cards_open_clip_recipe_gives_chexdino_predicts_embeddings(tmp_path):
+    """The card's Use code, run by open_clip alone in a fresh interpreter that cannot import
+    chexdino, on a large JPG (draft mode), a 16-bit PNG (min/max rescale) and a MONOCHROME1
+    windowed DICOM: its embeddings and zero-shot probabilities are chexdino predict's."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from chexdino.config import PROMPT_KEYS, PromptConfig, shipped_section
+    from chexdino.demo import StudySigns, render_frontal
+    from chexdino.images import load_cxr
+    from chexdino.inference import embed_images, zero_shot_probs
+    from chexdino.modelcard import run_prompts, use_code
+
+    cfg = {"embed_dim": 512, "init_temperature": 0.07,
+           "vision": {"name": "vit_base_patch16_dinov3", "weights": None, "random_init": True},
+           "text": {"name": "ViT-B-32-quickgelu", "weights": None, "random_init": True}}
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build_model(cfg).eval()
+    ckpt = tmp_path / "best.pt"
+    torch.save({"step": 1, "model": model.state_dict(), "model_config": model.cfg.to_dict(),
+                "input_size": 224, "precision": "fp32", "device": "cpu", "store_size": 320,
+                "normalize": "imagenet"}, ckpt)
+    evaluate = shipped_section("evaluate")
+    settings = {"store_size": 320, "input_size": 224, "labels": list(evaluate["labels"]),
+                "evaluate": {k: evaluate[k] for k in PROMPT_KEYS}, "precision": "fp32"}
+    folder = tmp_path / "export"
+    export_model(ckpt, folder, settings)
+    ckpt.unlink()
+
+    rng = np.random.default_rng(3)
+    picture = render_frontal(rng, 1500, 1250, StudySigns(cardiomegaly=1.0, ctr=0.6))
+    films = [tmp_path / "film.jpg", tmp_path / "film16.png", tmp_path / "film.dcm"]
+    Image.fromarray(np.rint(picture * 255).astype(np.uint8)).save(films[0], quality=90)
+    Image.fromarray(np.rint(200 + picture[:900, :760] * 3000).astype(np.uint16)).save(films[1])
+    _write_dicom(films[2], np.rint(4095 - picture[::-1, :1100] * 4095),
+                 PhotometricInterpretation="MONOCHROME1", WindowCenter=2048, WindowWidth=3500)
+    assert Image.open(films[1]).mode.startswith("I")
+
+    images = np.stack([load_cxr(f, 320)[0] for f in films])
+    cpu = torch.device("cpu")
+    ours = embed_images(model, images, 224, cpu, 8, "fp32", "imagenet")
+    prompts = PromptConfig(**settings["evaluate"])
+    our_probs = zero_shot_probs(model, ours, settings["labels"], prompts, cpu, "fp32")
+
+    card = (folder / "README.md").read_text()
+    assert "ImageNet's mean/std" in card and "model.eval()" in card
+    assert "no acute cardiopulmonary process" in card  # the run's own prompt override
+    assert list(run_prompts({"labels": settings["labels"],
+                             "evaluate": settings["evaluate"]})) == settings["labels"]
+    code = use_code(card).replace("PATH/TO/FOLDER", str(folder))
+    code = code.replace('FILMS = ["film1.jpg", "film2.png", "film3.dcm"]',
+                        f"FILMS = {[str(f) for f in films]!r}")
+    code += (f"\nimport numpy\nnumpy.savez({str(tmp_path / 'theirs.npz')!r}, "
+             "emb=image_emb.numpy(), probs=probs.numpy(), ranking=ranking.numpy())\n")
+    script = tmp_path / "card_use.py"
+    script.write_text(code)
+    blocker = ("import sys; sys.modules['chexdino'] = None; "  # importing chexdino now fails
+               f"exec(compile(open({str(script)!r}).read(), 'card_use.py', 'exec'))")
+    done = subprocess.run([sys.executable, "-c", blocker], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    theirs = np.load(tmp_path / "theirs.npz")
+    cosine = (ours.numpy() * theirs["emb"]).sum(axis=1)
+    assert cosine.min() >= 0.9999, dict(zip([f.name for f in films], cosine, strict=True))
+    np.testing.assert_allclose(theirs["probs"], our_probs, rtol=0, atol=1e-4)
+    assert sorted(theirs["ranking"]) == [0, 1, 2]

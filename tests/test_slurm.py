@@ -1,4 +1,4 @@
-"""The workflow on a real SLURM cluster: the README's demo command on the small demo data.
+"""The workflow on a real SLURM cluster: docs/slurm.md's demo command on the small demo data.
 
 A module fixture starts a single-node cluster (tests/slurm/cluster.sh: Debian's slurm-wlm and
 munge, a CPU and a GPU partition named as in profiles/slurm/config.yaml, a job completion log)
@@ -32,7 +32,7 @@ from conftest import BINDIR, REPO, run_configs, write_run_overlay
 from conftest import snakemake as run_snakemake
 
 PROFILE = REPO / "profiles" / "slurm"
-README = REPO / "README.md"
+SLURM_DOC = REPO / "docs" / "slurm.md"
 CLUSTER_SH = REPO / "tests" / "slurm" / "cluster.sh"
 SYSTEM_CONF = Path("/etc/slurm/slurm.conf")
 DAEMONS = ("slurmd", "slurmctld", "munged")
@@ -166,9 +166,9 @@ def path_without_environment(path: str) -> str:
 
 
 def readme_demo_command() -> list[str]:
-    """The SLURM demo command of the README (its first `.venv/bin/snakemake --profile` line),
+    """The SLURM demo command of docs/slurm.md (its first `.venv/bin/snakemake --profile` line),
     with `.venv/bin` standing for this environment's folder."""
-    section = README.read_text().split("## SLURM", 1)[1]
+    section = SLURM_DOC.read_text()
     line = next(line for line in section.splitlines()
                 if line.startswith(".venv/bin/snakemake --profile profiles/slurm"))
     words = shlex.split(line.split("#", 1)[0])
@@ -197,7 +197,7 @@ def job_stats(output: str) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def slurm_run(cluster, small_demo, tmp_path_factory):
-    """The README's demo command (plus the small data and short training as one more config
+    """docs/slurm.md's demo command (plus the small data and short training as one more config
     file, and quick polling), and the same configuration run locally."""
     base = tmp_path_factory.mktemp("slurm-run")
     results = base / "results"

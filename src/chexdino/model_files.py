@@ -23,8 +23,6 @@ from typing import Any
 
 import torch
 
-from chexdino import __version__
-from chexdino.atomic import atomic_output
 from chexdino.config import PROMPT_KEYS, ModelConfig, shipped_section
 from chexdino.errors import ChexdinoError, WeightsError
 from chexdino.model import ChexDino, build_model
@@ -87,8 +85,9 @@ def preprocess_config(input_size: int, normalize: str = "clip") -> dict[str, Any
     """open_clip's ``preprocess_cfg``: aspect-kept resize of the long side, black padding.
 
     open_clip's transform letterboxes straight to ``input_size``; chexdino letterboxes to the
-    stored 320 px first (Lanczos) and then resizes (bicubic). The exact recipe is in the
-    config's ``chexdino.preprocessing`` and in ``chexdino predict``.
+    stored 320 px first (Lanczos) and then resizes (bicubic). The export's ``preprocess.py``
+    (``load_film``) does chexdino's part, so ``preprocess(load_film(path))`` is exact; the recipe
+    is also in the config's ``chexdino.preprocessing`` and in ``chexdino predict``.
     """
     mean, std = NORMALIZATIONS[normalize]
     return {"size": input_size, "mode": "RGB", "mean": list(mean), "std": list(std),
@@ -101,7 +100,11 @@ def exact_preprocessing(store_size: int, input_size: int, normalize: str = "clip
     mean, std = NORMALIZATIONS[normalize]
     return {
         "decode": "DICOM via pydicom (Modality LUT, VOI LUT or window, MONOCHROME1 inverted, "
-                  "scaled to uint8); JPG/PNG via Pillow, greyscale",
+                  "scaled to uint8); JPG/PNG via Pillow, greyscale; JPEG in draft mode (libjpeg "
+                  "downscales to the smallest scale holding the letterbox); 16-bit and float "
+                  "PNGs rescaled by their own min and max to 0-255",
+        "loader": "preprocess.py: load_film(path) does decode and letterbox; open_clip's "
+                  "preprocess does the rest",
         "store_size": store_size,
         "letterbox": f"long side to {store_size} px (Lanczos), centred on a black "
                      f"{store_size}x{store_size} canvas",
@@ -114,51 +117,8 @@ def exact_preprocessing(store_size: int, input_size: int, normalize: str = "clip
     }
 
 
-def export_model(
-    checkpoint: Path, out_dir: Path, settings: Mapping[str, Any], card: str | None = None,
-) -> dict[str, Path]:
-    """Write ``model.safetensors``, ``open_clip_config.json`` and the card into ``out_dir``.
-
-    ``settings``: ``store_size``, ``input_size``, ``labels``, the ``evaluate`` prompt settings
-    and the evaluation ``precision``, so chexdino scores with the folder exactly as with the
-    checkpoint.
-    """
-    from safetensors.torch import save_file
-
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    cfg = ModelConfig.from_dict(ckpt["model_config"])
-    normalize = str(ckpt.get("normalize", "clip"))
-    state = {to_open_clip_key(k): v.detach().float().contiguous()
-             for k, v in ckpt["model"].items()}
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"weights": out_dir / WEIGHTS_FILE, "config": out_dir / CONFIG_FILE,
-             "card": out_dir / CARD_FILE}
-    with atomic_output(paths["weights"]) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "source": "chexdino " + __version__})
-    doc = {
-        "model_cfg": open_clip_model_config(cfg, int(settings["input_size"])),
-        "preprocess_cfg": preprocess_config(int(settings["input_size"]), normalize),
-        "chexdino": {
-            "version": __version__,
-            "model_config": cfg.to_dict(),
-            "tokenizer": TOKENIZER,
-            "preprocessing": exact_preprocessing(int(settings["store_size"]),
-                                                 int(settings["input_size"]), normalize),
-            "labels": list(settings["labels"]),
-            "evaluate": dict(settings.get("evaluate", {})),
-            "precision": str(settings.get("precision", "bf16")),
-            "step": int(ckpt.get("step", -1)),
-        },
-    }
-    paths["config"].write_text(json.dumps(doc, indent=2) + "\n")
-    paths["card"].write_text(card or f"# chexdino model\n\nExported from {checkpoint}.\n")
-    log.info("exported %s (%d tensors) to %s", checkpoint, len(state), out_dir)
-    return paths
-
-
 def is_exported(path: Path) -> bool:
-    """A folder written by :func:`export_model` (config and weights present)."""
+    """A folder written by :func:`chexdino.export.export_model` (config and weights present)."""
     path = Path(path)
     return path.is_dir() and (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
 

@@ -55,13 +55,114 @@ def scorecard_markdown(table: pd.DataFrame, headline: Mapping[str, Any]) -> str:
             f"({headline.get('n_images', '?')} images).")
 
 
+NORMALIZATION_NAMES = {"clip": "CLIP's mean/std", "imagenet": "ImageNet's mean/std"}
+
+
+def run_prompts(section: Mapping[str, Any]) -> dict[str, tuple[list[str], list[str]]]:
+    """``{label: (positive prompts, negative prompts)}`` an export records: its labels filled
+    into its ``evaluate`` templates, with its per-label overrides (chexdino's own rule)."""
+    from chexdino.zeroshot import prompt_pairs
+
+    evaluate = section.get("evaluate", {})
+    overrides = {label: (pair["positive"], pair["negative"]) if isinstance(pair, Mapping)
+                 else tuple(pair)
+                 for label, pair in (evaluate.get("prompt_overrides") or {}).items()}
+    return prompt_pairs(section["labels"], evaluate.get("positive_templates", ["{}"]),
+                        evaluate.get("negative_templates", ["no {}"]), overrides)
+
+
+def use_lines(section: Mapping[str, Any]) -> list[str]:
+    """The card's "Use" section from the export's ``chexdino`` record: loading with open_clip,
+    the exact film loader, zero-shot with this run's prompts and chexdino's scoring, retrieval."""
+    prep = section["preprocessing"]
+    normalize = str(prep.get("normalize", "clip"))
+    prompts = run_prompts(section)
+    prompt_lines = ["PROMPTS = {  # this run's evaluate prompts: label -> (positive, negative)"]
+    prompt_lines += [f"    {label!r}: ({pos!r}, {neg!r})," for label, (pos, neg) in
+                     prompts.items()]
+    prompt_lines.append("}")
+    return [
+        "## Use", "",
+        "With open_clip alone (no chexdino needed). `preprocess.py` in this folder turns a film "
+        "into the greyscale image chexdino stores (JPG/PNG/DICOM; JPEG draft-mode decoding, "
+        "16-bit PNGs rescaled by their min and max, long side to "
+        f"{prep['store_size']} px with Lanczos, centred on black); open_clip's `preprocess` "
+        f"then resizes it to {prep['input_size']} px (bicubic) and normalises it with "
+        f"{NORMALIZATION_NAMES.get(normalize, normalize)} ({prep['mean']}, {prep['std']}). "
+        "Together they reproduce chexdino's embeddings (cosine >= 0.9999, tested); open_clip's "
+        "`preprocess` on the raw file does not (it letterboxes straight to the input size, and "
+        "PIL turns a 16-bit PNG white).", "",
+        "```python",
+        "import sys",
+        "",
+        "import open_clip",
+        "import torch",
+        "",
+        'FOLDER = "PATH/TO/FOLDER"  # this folder',
+        'FILMS = ["film1.jpg", "film2.png", "film3.dcm"]',
+        "sys.path.insert(0, FOLDER)",
+        "from preprocess import load_film  # noqa: E402",
+        "",
+        'model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{FOLDER}")',
+        "model.eval()",
+        'tokenizer = open_clip.get_tokenizer(f"local-dir:{FOLDER}")',
+        "",
+        "with torch.no_grad():",
+        "    images = torch.stack([preprocess(load_film(f)) for f in FILMS])",
+        "    image_emb = model.encode_image(images, normalize=True)  # (films, "
+        f"{section['model_config'].get('embed_dim', 512)})",
+        "",
+        *prompt_lines,
+        "",
+        "def direction(prompts):  # several prompts: mean of unit embeddings, re-normalised",
+        "    emb = model.encode_text(tokenizer(prompts), normalize=True).mean(dim=0)",
+        "    return emb / emb.norm()",
+        "",
+        "with torch.no_grad():",
+        "    pos = torch.stack([direction(p) for p, _ in PROMPTS.values()])",
+        "    neg = torch.stack([direction(n) for _, n in PROMPTS.values()])",
+        "    # chexdino's score (CheXzero's): softmax over the pair of cosine similarities,",
+        "    # no temperature (logit_scale is not applied)",
+        "    pair = torch.stack([image_emb @ pos.T, image_emb @ neg.T], dim=-1)",
+        "    probs = pair.softmax(dim=-1)[..., 0]  # (films, labels)",
+        "",
+        "    # retrieval: rank the films for a report text by cosine similarity",
+        '    query = model.encode_text(tokenizer(["moderate left pleural effusion"]), '
+        "normalize=True)",
+        "    ranking = (image_emb @ query.T).squeeze(1).argsort(descending=True)",
+        "```", "",
+        "`chexdino predict --model FOLDER FILMS... --out p.csv` gives the same probabilities "
+        "(it reads the prompts and preprocessing from `open_clip_config.json` under "
+        f"`chexdino`). Tokenizer: {TOKENIZER}. Weights: `{WEIGHTS_FILE}` (safetensors, "
+        "open_clip key layout).", "",
+    ]
+
+
+def use_card(section: Mapping[str, Any]) -> str:
+    """A card with the recipe only (an export made outside a finished run)."""
+    return "\n".join(["# chexdino chest X-ray vision-language model", "",
+                      *use_lines(section)])
+
+
+def use_code(card: str) -> str:
+    """The Python block of a card's "Use" section (the tests run it)."""
+    return card.split("## Use", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+
+
 def model_card(
     config: Mapping[str, Any], training: Mapping[str, Any], dataset: Mapping[str, Any],
     scorecards: Mapping[str, tuple[pd.DataFrame, Mapping[str, Any]]],
-    extra_sections: Mapping[str, str] | None = None,
+    extra_sections: Mapping[str, str] | None = None, export: Mapping[str, Any] | None = None,
 ) -> str:
-    """The exported folder's README.md: what the model is, how it was made and scored, limits."""
+    """The exported folder's README.md: what the model is, how it was made and scored, limits.
+
+    ``export``: the export's ``chexdino`` record (:func:`chexdino.export.export_section`),
+    which the Use section, the input size, normalisation and prompts are read from; without it
+    the card has no Use section."""
     model, train = config.get("model", {}), config.get("train", {})
+    prep = (export or {}).get("preprocessing", {})
+    input_size = prep.get("input_size", train.get("input_size"))
+    normalize = prep.get("normalize", train.get("normalize", "clip"))
     env = training.get("environment", {})
     random_init = [t for t in ("vision", "text") if model.get(t, {}).get("random_init")]
     lines = [
@@ -77,21 +178,8 @@ def model_card(
                                                else " tower was")
         lines += [f"**Not pretrained: the {towers} trained from random initialisation** "
                   "(`model.*.random_init: true`).", ""]
-    lines += [
-        "## Use", "",
-        "```python",
-        "import open_clip",
-        "model, _, preprocess = open_clip.create_model_and_transforms('local-dir:PATH/TO/FOLDER')",
-        "tokenizer = open_clip.get_tokenizer('local-dir:PATH/TO/FOLDER')",
-        "```", "",
-        "open_clip's `preprocess` letterboxes the film straight to the input size; the "
-        "training-time recipe (greyscale, long side to the stored size with Lanczos on a "
-        "black square, bicubic resize, CLIP mean/std) is in `open_clip_config.json` under "
-        "`chexdino.preprocessing`. `chexdino predict --model FOLDER FILMS... --out p.csv` "
-        "applies it exactly, with the prompts under `chexdino.evaluate`.", "",
-        f"Tokenizer: {TOKENIZER}. Weights: `{WEIGHTS_FILE}` (safetensors, open_clip key layout).",
-        "",
-    ]
+    if export is not None:
+        lines += use_lines(export)
     if model.get("vision", {}).get("overrides"):
         lines += ["The image tower is a shrunken timm model (`timm_model_kwargs` "
                   f"{json.dumps(model['vision']['overrides'])}): open_clip 3.3.0 cannot pass "
@@ -105,7 +193,8 @@ def model_card(
         f"{config.get('select', {}).get('splits')} (train for training, validate for model "
         "selection, test for the scores below).",
         f"- Training: {train.get('steps')} steps at batch {train.get('batch_size')}, "
-        f"{train.get('optimizer')} lr {train.get('lr')}, input {train.get('input_size')} px, "
+        f"{train.get('optimizer')} lr {train.get('lr')}, input {input_size} px "
+        f"({NORMALIZATION_NAMES.get(normalize, normalize)}), "
         f"temperature initialised at {model.get('init_temperature')}; best checkpoint at step "
         f"{training.get('best_step', '?')} by {training.get('select_by', '?')}.",
         f"- Hardware and software: {env.get('hardware', 'not recorded')}; source revision "
@@ -114,9 +203,9 @@ def model_card(
         f"{env.get('packages', {}).get('timm', '?')}, open_clip "
         f"{env.get('packages', {}).get('open_clip_torch', '?')}.", "",
         "## Zero-shot scorecard", "",
-        "CheXzero's protocol: prompts `{label}` vs `no {label}` (No Finding: "
-        "`no acute cardiopulmonary process` vs its affirmative), softmax over the pair of "
-        "cosine similarities; AUROC with percentile bootstrap 95% CIs.", "",
+        "CheXzero's protocol: " + _prompt_sentence(export or {"evaluate": config.get(
+            "evaluate", {})}) + ", softmax over the pair of cosine similarities (no "
+        "temperature); AUROC with percentile bootstrap 95% CIs.", "",
     ]
     for name, (table, headline) in scorecards.items():
         lines += [f"### {name}", "", scorecard_markdown(table, headline), ""]
@@ -134,6 +223,20 @@ def model_card(
         "it before sharing this model.", "",
     ]
     return "\n".join(lines)
+
+
+def _prompt_sentence(section: Mapping[str, Any]) -> str:
+    """How the run's prompts are made, from its recorded ``evaluate`` settings."""
+    evaluate = section.get("evaluate", {})
+    pos = ", ".join(f"`{t}`" for t in evaluate.get("positive_templates", ["{}"]))
+    neg = ", ".join(f"`{t}`" for t in evaluate.get("negative_templates", ["no {}"]))
+    text = f"prompts {pos} vs {neg} ({{}} = the lowercased label)"
+    overrides = evaluate.get("prompt_overrides") or {}
+    for label, pair in overrides.items():
+        p, n = (pair["positive"], pair["negative"]) if isinstance(pair, Mapping) else pair
+        text += f"; {label}: {', '.join(f'`{x}`' for x in p)} vs " + ", ".join(
+            f"`{x}`" for x in n)
+    return text
 
 
 # --------------------------------------------------------------------------------------
