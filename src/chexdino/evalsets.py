@@ -227,3 +227,24 @@ def write_tables(manifest: pd.DataFrame, rejects: pd.DataFrame, manifest_csv: Pa
     write_manifest(manifest, rejects, Path(manifest_csv), Path(rejects_csv))
     if selection is not None and selection_csv is not None:
         selection.to_csv(selection_csv, index=False)
+
+
+def write_accuracy(probabilities_csv: Path, manifest_csv: Path, settings: dict,
+                   out_csv: Path) -> pd.DataFrame:
+    """``accuracy.csv`` of a scored N-way set: the evaluate stage's ``probabilities.csv``
+    joined by ``dicom_id`` to the manifest's one-hot labels over ``settings["labels"]``
+    (bootstrap and seed from ``settings`` too, the evaluate section's)."""
+    from chexdino.selection import read_manifest
+
+    classes = list(settings["labels"])
+    probs = pd.read_csv(probabilities_csv, dtype={"dicom_id": str})
+    manifest = read_manifest(Path(manifest_csv)).set_index("dicom_id")
+    onehot = manifest.loc[probs["dicom_id"], classes].to_numpy(float)
+    if not (np.nan_to_num(onehot) == 1.0).sum(axis=1).tolist() == [1] * len(onehot):
+        raise ValueError(f"{manifest_csv}: every image needs exactly one positive class")
+    truth = np.asarray(classes)[np.argmax(np.nan_to_num(onehot), axis=1)]
+    table = class_accuracy(probs[[f"prob_{c}" for c in classes]].to_numpy(float), truth,
+                           classes, settings.get("bootstrap", 0), settings.get("seed", 0))
+    Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out_csv, index=False)
+    return table
