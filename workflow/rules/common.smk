@@ -145,6 +145,18 @@ def published_comparison():
     return []
 
 
+def evalset_table(name, key):
+    """The table an extra set reads, when the set is configured."""
+    return config[name][key] if config.get(name) else []
+
+
+def evalset_selection(name):
+    """An extra set's selection settings, as one JSON argument: its prompts are left out, so
+    changing them reruns its evaluation, not its selection and images."""
+    section = config.get(name) or {}
+    return as_json({k: v for k, v in section.items() if k != "prompt_overrides"})
+
+
 def accuracy_tables():
     """The N-way zero-shot accuracy of CheXpert 5x200, when configured."""
     if config.get("chexpert_5x200"):

@@ -56,18 +56,6 @@ rule select_chexpert_test:
 
 # The extra zero-shot sets (chexdino.evalsets), each from its official layout; the CheXpert
 # 5x200 draw is also written as a reusable Path, class list.
-def evalset_table(name, key):
-    """The table an extra set reads, when the set is configured."""
-    return config[name][key] if config.get(name) else []
-
-
-def evalset_selection(name):
-    """An extra set's selection settings, as one JSON argument: its prompts are left out, so
-    changing them reruns its evaluation, not its selection and images."""
-    section = config.get(name) or {}
-    return as_json({k: v for k, v in section.items() if k != "prompt_overrides"})
-
-
 rule select_rsna_pneumonia:
     input:
         table=evalset_table("rsna_pneumonia", "labels_csv"),
