@@ -23,10 +23,13 @@ include: "workflow/rules/export.smk"
 
 # Jobs of seconds and little memory run in the Snakemake process itself, not as cluster jobs
 # that wait in a queue: plots, summaries, comparison tables, the export and its model card,
-# the 500-row CheXpert test selection. The rest go to SLURM with the profile's requests.
+# the 500-row CheXpert test selection, the CheXpert 5x200 draw and its accuracy. The rest go
+# to SLURM with the profile's requests.
 localrules:
     all,
     select_chexpert_test,
+    select_chexpert_5x200,
+    accuracy_5x200,
     plot_training,
     run_summary,
     compare_published,

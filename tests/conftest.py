@@ -81,6 +81,8 @@ def demo_run_config(small_demo, results, tiny_training: bool = True) -> dict:
                   "chexpert_csv": str(m / "mimic-cxr-2.0.0-chexpert.csv.gz")},
         "chexpert_test": {"groundtruth_csv": str(root / "chexpert" / "groundtruth.csv"),
                           "image_root": str(root / "chexpert" / "CheXpert-v1.0")},
+        # The extra zero-shot sets the demo config turns on: off here (tests/test_evalsets.py).
+        "rsna_pneumonia": None, "siim_pneumothorax": None, "chexpert_5x200": None,
     }
     if tiny_training:
         cfg["train"] = {"steps": 4, "batch_size": 8, "val_every": 2, "ckpt_every": 2,

@@ -42,6 +42,8 @@ def good_config(small_demo) -> dict:
                         chexpert_csv=str(m / "mimic-cxr-2.0.0-chexpert.csv.gz"))
     cfg["chexpert_test"].update(groundtruth_csv=str(root / "chexpert" / "groundtruth.csv"),
                                 image_root=str(root / "chexpert" / "CheXpert-v1.0"))
+    for name in ("rsna_pneumonia", "siim_pneumothorax", "chexpert_5x200"):
+        cfg[name] = None  # the demo's extra sets read demo-data/, absent here
     return cfg
 
 
@@ -137,7 +139,8 @@ def test_shards_one_count_or_one_per_data_set(good_config):
     CheXpert test set when none is configured, are valid too."""
     assert good_config["images"]["shards"] == 2  # the demo's one number for both
     shipped = yaml.safe_load((REPO / "config.yaml").read_text())["images"]["shards"]
-    assert shipped == {"mimic": 64, "chexpert_test": 1}
+    assert shipped == {"mimic": 64, "chexpert_test": 1, "rsna_pneumonia": 4,
+                       "siim_pneumothorax": 2, "chexpert_5x200": 1}
     validate_config(set_key(good_config, "images.shards", shipped))
     good_config["chexpert_test"] = None
     validate_config(set_key(good_config, "images.shards", {"mimic": 64}))

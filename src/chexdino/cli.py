@@ -61,7 +61,8 @@ def cmd_demo_data(a: argparse.Namespace) -> None:
     from chexdino.demo import make_demo_dataset
 
     summary = make_demo_dataset(Path(a.outdir), n_studies=a.studies, n_chexpert=a.chexpert,
-                                seed=a.seed)
+                                seed=a.seed, n_rsna=a.rsna, n_siim=a.siim,
+                                chexpert_per_class=a.chexpert_per_class)
     print(json.dumps(summary, indent=2, default=str))
 
 
@@ -86,6 +87,39 @@ def cmd_select_chexpert(a: argparse.Namespace) -> None:
     write_manifest(manifest, rejects, Path(a.manifest), Path(a.rejects))
     _write_job_record(a.environment)
     log.info("selected %d CheXpert test images", len(manifest))
+
+
+@command("select-evalset")
+def cmd_select_evalset(a: argparse.Namespace) -> None:
+    from chexdino import evalsets
+
+    settings = _json(a.settings)
+    selection = None
+    if a.evalset == "rsna_pneumonia":
+        manifest, rejects = evalsets.select_rsna_pneumonia(
+            Path(settings["labels_csv"]), Path(settings["image_root"]), *settings["labels"])
+    elif a.evalset == "siim_pneumothorax":
+        manifest, rejects = evalsets.select_siim_pneumothorax(
+            Path(settings["rle_csv"]), Path(settings["image_root"]), *settings["labels"])
+    else:
+        selection = evalsets.chexpert_5x200_selection(
+            Path(settings["train_csv"]), settings["labels"], settings["per_class"],
+            settings["seed"])
+        manifest, rejects = evalsets.select_chexpert_5x200(
+            selection, Path(settings["image_root"]), settings["labels"])
+    evalsets.write_tables(manifest, rejects, Path(a.manifest), Path(a.rejects), selection,
+                          Path(a.selection) if a.selection else None)
+    _write_job_record(a.environment)
+    log.info("%s: selected %d images, rejected %d", a.evalset, len(manifest), len(rejects))
+
+
+@command("accuracy")
+def cmd_accuracy(a: argparse.Namespace) -> None:
+    from chexdino.evalsets import write_accuracy
+
+    table = write_accuracy(Path(a.probabilities), Path(a.manifest), _json(a.evaluate),
+                           Path(a.out))
+    print(table.to_string(index=False))
 
 
 @command("images")
@@ -273,6 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--studies", type=int, default=2000)
     s.add_argument("--chexpert", type=int, default=300)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--rsna", type=int, default=40, help="RSNA Pneumonia films (0: none)")
+    s.add_argument("--siim", type=int, default=40, help="SIIM-ACR Pneumothorax films (0: none)")
+    s.add_argument("--chexpert-per-class", type=int, default=21,
+                   help="single-positive CheXpert train studies per class, for 5x200 (0: none)")
 
     s = sub.add_parser("select-mimic", help="stage 1: manifest from MIMIC-CXR tables")
     for arg in ("split", "metadata", "chexpert", "image-root", "image-suffix", "report-root",
@@ -284,6 +322,19 @@ def build_parser() -> argparse.ArgumentParser:
     for arg in ("groundtruth", "image-root", "manifest", "rejects"):
         s.add_argument(f"--{arg}", required=True)
     s.add_argument("--environment", help=ENVIRONMENT_HELP)
+
+    s = sub.add_parser("select-evalset", help="stage 1: manifest of an extra zero-shot set "
+                       "(RSNA Pneumonia, SIIM-ACR Pneumothorax, CheXpert 5x200)")
+    s.add_argument("--evalset", required=True,
+                   choices=["rsna_pneumonia", "siim_pneumothorax", "chexpert_5x200"])
+    for arg in ("settings", "manifest", "rejects"):
+        s.add_argument(f"--{arg}", required=True)
+    s.add_argument("--selection", default="", help="chexpert_5x200: the drawn Path, class CSV")
+    s.add_argument("--environment", help=ENVIRONMENT_HELP)
+
+    s = sub.add_parser("accuracy", help="N-way zero-shot accuracy of a scored 5x200 set")
+    for arg in ("probabilities", "manifest", "evaluate", "out"):
+        s.add_argument(f"--{arg}", required=True)
 
     s = sub.add_parser("images", help="stage 2: decode one shard of images into HDF5")
     s.add_argument("--manifest", required=True)

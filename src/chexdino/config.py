@@ -88,6 +88,27 @@ def semantic_problems(config: Mapping[str, Any]) -> Iterator[str]:
     if isinstance(shards, Mapping) and chexpert and "chexpert_test" not in shards:
         yield (f"images.shards = {dict(shards)}: no count for chexpert_test, which is "
                "configured (add chexpert_test: 1, or give one number for every data set)")
+    yield from evalset_problems(config, shards)
+
+
+EVALSET_TABLES = {"rsna_pneumonia": "labels_csv", "siim_pneumothorax": "rle_csv",
+                  "chexpert_5x200": "train_csv"}
+"""The extra zero-shot sets (:mod:`chexdino.evalsets`) and the key of each one's table."""
+
+
+def evalset_problems(config: Mapping[str, Any], shards: Any) -> Iterator[str]:
+    """A configured extra set needs its table, its image folder and a shard count."""
+    for name, table in EVALSET_TABLES.items():
+        section = config.get(name) or {}
+        if not section:
+            continue
+        if table in section and not Path(section[table]).is_file():
+            yield f"{name}.{table}: file not found: {section[table]}"
+        if "image_root" in section and not Path(section["image_root"]).is_dir():
+            yield f"{name}.image_root: folder not found: {section['image_root']}"
+        if isinstance(shards, Mapping) and name not in shards:
+            yield (f"images.shards = {dict(shards)}: no count for {name}, which is "
+                   f"configured (add {name}: 1, or give one number for every data set)")
 
 
 def validate_config(config: Mapping[str, Any], schema_path: Path = SCHEMA) -> None:

@@ -51,6 +51,12 @@ RERUNS: dict[str, str] = {
                 "seed and batch_size rerun evaluate, retrieval, evaluate_model; every key "
                 "reruns evaluate, evaluate_model, compare_models, compare_published, export, "
                 "run_summary",
+    "rsna_pneumonia": "select_rsna_pneumonia, its image_shard and gather_images, its evaluate "
+                      "job, run_summary",
+    "siim_pneumothorax": "select_siim_pneumothorax, its image_shard and gather_images, its "
+                         "evaluate job, run_summary",
+    "chexpert_5x200": "select_chexpert_5x200, its image_shard and gather_images, its evaluate "
+                      "job, accuracy_5x200, run_summary",
     "compare_models": "evaluate_model (only the models added or changed), compare_models, "
                       "export, run_summary",
     "report": "dataset_summary, then run_summary",

@@ -33,8 +33,8 @@ export_source_folder(workflow.basedir)
 
 
 wildcard_constraints:
-    dataset="mimic|chexpert_test",
-    evalset="mimic_test|chexpert_test",
+    dataset="mimic|chexpert_test|rsna_pneumonia|siim_pneumothorax|chexpert_5x200",
+    evalset="mimic_test|chexpert_test|rsna_pneumonia|siim_pneumothorax|chexpert_5x200",
     scatteritem=r"\d+-of-\d+",
 
 
@@ -72,18 +72,44 @@ def image_shard_files(suffix):
     return files
 
 
+# The extra zero-shot sets (chexdino.evalsets), each on when its config section is set.
+EXTRA_EVAL_SETS = ("rsna_pneumonia", "siim_pneumothorax", "chexpert_5x200")
+
+
+def extra_eval_sets():
+    """The extra zero-shot sets configured (RSNA Pneumonia, SIIM-ACR, CheXpert 5x200)."""
+    return [name for name in EXTRA_EVAL_SETS if config.get(name)]
+
+
 def eval_sets():
-    """MIMIC-CXR's test split always; the CheXpert test set when configured."""
+    """MIMIC-CXR's test split always; the CheXpert test set and the extra sets when configured."""
     sets = ["mimic_test"]
     if config.get("chexpert_test"):
         sets.append("chexpert_test")
-    return sets
+    return sets + extra_eval_sets()
 
 
 def eval_store(wildcards):
     """The image store an evaluation set reads (MIMIC's test rows live in the MIMIC store)."""
-    dataset = "mimic" if wildcards.evalset == "mimic_test" else "chexpert_test"
+    dataset = "mimic" if wildcards.evalset == "mimic_test" else wildcards.evalset
     return f"{R}/{dataset}/cxr.h5"
+
+
+def eval_settings(evalset, **changes):
+    """The evaluate section an evaluation set is scored with: an extra set's own ``labels``
+    and ``prompt_overrides`` (over evaluate's) replace the shared ones; MIMIC-CXR and the
+    CheXpert test set get the evaluate section unchanged."""
+    settings = {**config["evaluate"], **changes}
+    if evalset in EXTRA_EVAL_SETS:
+        section = config[evalset]
+        settings["labels"] = section["labels"]
+        overrides = section.get("prompt_overrides")
+        if overrides:
+            settings["prompt_overrides"] = {
+                **(settings.get("prompt_overrides") or {}),
+                **overrides,
+            }
+    return settings
 
 
 def job_records():
@@ -91,6 +117,7 @@ def job_records():
     each data set's selection record and image store (with its shards'), the reports' two.
     """
     datasets = ["mimic"] + (["chexpert_test"] if config.get("chexpert_test") else [])
+    datasets += extra_eval_sets()
     return [
         *(
             f"{R}/{d}/{name}"
@@ -118,6 +145,25 @@ def published_comparison():
     return []
 
 
+def evalset_table(name, key):
+    """The table an extra set reads, when the set is configured."""
+    return config[name][key] if config.get(name) else []
+
+
+def evalset_selection(name):
+    """An extra set's selection settings, as one JSON argument: its prompts are left out, so
+    changing them reruns its evaluation, not its selection and images."""
+    section = config.get(name) or {}
+    return as_json({k: v for k, v in section.items() if k != "prompt_overrides"})
+
+
+def accuracy_tables():
+    """The N-way zero-shot accuracy of CheXpert 5x200, when configured."""
+    if config.get("chexpert_5x200"):
+        return [f"{R}/eval/chexpert_5x200/accuracy.csv"]
+    return []
+
+
 def compared_models():
     """Names of the other models scored beside this run's (``compare_models``)."""
     return sorted(config.get("compare_models") or {})
@@ -139,6 +185,7 @@ def get_final_output():
         f"{R}/export/model.safetensors",
         f"{R}/model_summary.rst",
         *model_comparisons(),
+        *accuracy_tables(),
     ]
 
 

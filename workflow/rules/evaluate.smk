@@ -38,7 +38,8 @@ rule evaluate:
     params:
         code=stage_code("evaluate"),
         out_dir=lambda wildcards, output: os.path.dirname(output.summary),
-        evaluate=as_json(config["evaluate"]),
+        # An extra set's own labels and prompts (eval_settings): a change reruns that set only.
+        evaluate=lambda wc: as_json(eval_settings(wc.evalset)),
         split=lambda wc: "test" if wc.evalset == "mimic_test" else "",
     shell:
         "chexdino evaluate --model {input.model} --checkpoints {input.checkpoints}"
@@ -130,7 +131,7 @@ rule evaluate_model:
     params:
         code=stage_code("evaluate"),
         out_dir=lambda wildcards, output: os.path.dirname(output.summary),
-        evaluate=as_json({**config["evaluate"], "ensemble_top_k": 1}),
+        evaluate=lambda wc: as_json(eval_settings(wc.evalset, ensemble_top_k=1)),
         split=lambda wc: "test" if wc.evalset == "mimic_test" else "",
     shell:
         "chexdino evaluate --model {input.model} --cxr {input.cxr}"
@@ -166,3 +167,28 @@ rule compare_models:
     shell:
         "chexdino compare-models --names {params.names} --scorecards {params.folders}"
         " --out {output} > {log} 2>&1"
+
+
+# CheXpert 5x200: N-way zero-shot accuracy (argmax of the pair probabilities over its classes).
+rule accuracy_5x200:
+    input:
+        probabilities=f"{R}/eval/chexpert_5x200/probabilities.csv",
+        manifest=f"{R}/chexpert_5x200/manifest.csv",
+    output:
+        report(
+            f"{R}/eval/chexpert_5x200/accuracy.csv",
+            caption="../report/accuracy.rst",
+            category="3. Zero-shot evaluation",
+            subcategory="chexpert_5x200",
+        ),
+    log:
+        f"{R}/logs/accuracy_5x200.log",
+    conda:
+        "../../environment.yml"
+    params:
+        code=stage_code("evalsets"),
+        evaluate=lambda wc: as_json(eval_settings("chexpert_5x200")),
+    shell:
+        "chexdino accuracy --probabilities {input.probabilities}"
+        " --manifest {input.manifest} --evaluate {params.evaluate} --out {output}"
+        " > {log} 2>&1"

@@ -286,6 +286,23 @@ def _write_chexpert(outdir: Path, n: int, seed: int, long_side: tuple[int, int],
         w.writerows(rows_out)
 
 
+def _write_evalsets(outdir: Path, seed: int, long_side: tuple[int, int], workers: int,
+                    n_rsna: int, n_siim: int, per_class: int) -> dict:
+    """The extra zero-shot sets' layouts (:mod:`.evalsets`); returns their film counts."""
+    from chexdino.demo import evalsets
+
+    out = {}
+    for name, count, plan in (("rsna_films", n_rsna, evalsets.plan_rsna),
+                              ("siim_films", n_siim, evalsets.plan_siim),
+                              ("chexpert_train_films", per_class,
+                               evalsets.plan_chexpert_train)):
+        if count > 0:
+            tasks = plan(outdir, count, seed, long_side)
+            _run_tasks(evalsets.write_film, tasks, f"demo {name}", workers)
+            out[name] = len(tasks)
+    return out
+
+
 def make_demo_dataset(
     outdir: Path,
     n_studies: int = 2000,
@@ -293,6 +310,9 @@ def make_demo_dataset(
     seed: int = 0,
     image_long_side: tuple[int, int] = (384, 640),
     workers: int | None = None,
+    n_rsna: int = 0,
+    n_siim: int = 0,
+    chexpert_per_class: int = 0,
 ) -> dict:
     """Write a synthetic MIMIC-CXR + CheXpert-test set under ``outdir``; return a summary.
 
@@ -302,7 +322,9 @@ def make_demo_dataset(
     ``outdir/chexpert/`` (``groundtruth.csv``, ``CheXpert-v1.0/test/...``). ``workers``
     (default: usable CPUs, at most 8) changes speed only, never bytes: every image has its
     own seeded rng. Worker processes are spawned, so a calling script needs the usual
-    ``if __name__ == "__main__":`` guard.
+    ``if __name__ == "__main__":`` guard. ``n_rsna``, ``n_siim`` and ``chexpert_per_class``
+    (0: none) add small copies of the extra zero-shot sets' layouts (:mod:`.evalsets`):
+    ``outdir/rsna/``, ``outdir/siim/`` and ``outdir/chexpert/CheXpert-v1.0/train.csv``.
     """
     if n_studies < 10:
         raise ValueError(f"n_studies must be >= 10 (got {n_studies}): the bad records need room")
@@ -322,6 +344,8 @@ def make_demo_dataset(
     studies = _plan_mimic(rng, outdir, n_studies, (lo_side, hi_side), compress)
     ts_counts = _write_mimic(studies, outdir, seed, compress, workers)
     _write_chexpert(outdir, n_chexpert, seed, (lo_side, hi_side), workers)
+    extra = _write_evalsets(outdir, seed, (lo_side, hi_side), workers, n_rsna, n_siim,
+                            chexpert_per_class)
 
     images = [im for st in studies for im in st.images]
     bad: dict[str, list[str]] = {k: [] for k in BAD_KINDS}
@@ -345,6 +369,7 @@ def make_demo_dataset(
         "splits": dict(sorted(Counter(st.split for st in studies).items())),
         "transfer_syntaxes": {ts_names.get(k, k): v for k, v in sorted(ts_counts.items())},
         "chexpert_studies": n_chexpert,
+        **extra,
         "bad_records": {k: len(v) for k, v in bad.items()},
         "bad_ids": bad,
     }
