@@ -169,6 +169,17 @@ def _fmt_auroc(summary: dict[str, Any]) -> str:
     return f"**{mean:.3f}**{ci}"
 
 
+def _flag_text(summary: dict[str, Any]) -> str:
+    """"; **worse than chance** ...: No Finding (CI below 0.5)" or "" (metrics.chance_flags)."""
+    flags = summary.get("flags") or {}
+    named = [f"{lab} (CI below 0.5)" for lab in flags.get("below_chance", [])]
+    named += [f"{lab} (AUROC < 0.5)" for lab in flags.get("auroc_below_half", [])]
+    if not named:
+        return ""
+    return (f"; **worse than chance** (check the prompts or the label polarity): "
+            f"{', '.join(named)}")
+
+
 def landing_summary(dataset: dict[str, Any], training: dict[str, Any],
                     scorecards: dict[str, dict[str, Any]],
                     environments: dict[str, dict[str, Any]] | None = None) -> str:
@@ -181,7 +192,7 @@ def landing_summary(dataset: dict[str, Any], training: dict[str, Any],
         mean_all = summary.get("mean_auroc_all")
         all_text = f"{mean_all:.3f} over {defined} labels" if mean_all is not None else "n/a"
         lines.append(f"- ``{name}`` ({summary.get('n_images', '?')} images): "
-                     f"{_fmt_auroc(summary)}; all labels: {all_text}")
+                     f"{_fmt_auroc(summary)}; all labels: {all_text}{_flag_text(summary)}")
     env = training.get("environment", {})
     lines += ["",
               f"Data: {dataset['input_records']} input records, {dataset['kept']} kept, "
