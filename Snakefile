@@ -15,6 +15,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/select.smk"
 include: "workflow/rules/images.smk"
 include: "workflow/rules/impressions.smk"
+include: "workflow/rules/leakage.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/summary.smk"
@@ -27,6 +28,7 @@ include: "workflow/rules/export.smk"
 localrules:
     all,
     select_chexpert_test,
+    leakage_check,
     plot_training,
     run_summary,
     compare_published,

@@ -155,6 +155,14 @@ def cmd_train(a: argparse.Namespace) -> None:
         log.info("training finished: %s", result)
 
 
+@command("leakage-check")
+def cmd_leakage_check(a: argparse.Namespace) -> None:
+    from chexdino.leakage import check_leakage, leakage_text
+
+    others = dict(item.split("=", 1) for item in a.other)
+    print(leakage_text(check_leakage(Path(a.manifest), Path(a.out), others)))
+
+
 @command("plot-training")
 def cmd_plot_training(a: argparse.Namespace) -> None:
     from chexdino.plots import plot_training_curves
@@ -195,7 +203,8 @@ def cmd_run_summary(a: argparse.Namespace) -> None:
     summaries = {Path(p).parent.name: Path(p) for p in a.eval_summaries}
     write_run_summary(Path(a.dataset), Path(a.checkpoints), summaries, _json(a.config),
                       Path(a.out), Path(a.provenance), Path(a.config_out),
-                      [Path(p) for p in a.job_records])
+                      [Path(p) for p in a.job_records],
+                      Path(a.leakage) if a.leakage else None)
     print(Path(a.out).read_text())
 
 
@@ -317,6 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--nodes", type=int, default=1,
                    help="nodes of the SLURM job to train on (srun, one task per GPU)")
 
+    s = sub.add_parser("leakage-check",
+                       help="before training: no training patient in a same-source eval set")
+    s.add_argument("--manifest", required=True, help="the MIMIC-CXR manifest (all splits)")
+    s.add_argument("--out", required=True, help="the check's record (JSON)")
+    s.add_argument("--other", nargs="*", default=[], metavar="NAME=MANIFEST",
+                   help="other evaluation sets derived from MIMIC-CXR (manifest CSVs)")
+
     s = sub.add_parser("plot-training", help="training curves for the report")
     for arg in ("metrics", "validation", "out"):
         s.add_argument(f"--{arg}", required=True)
@@ -348,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--job-records", nargs="*", default=[],
                    help="outputs of the data stages that carry their jobs' environment "
                         "(select/impressions JSON, cxr.h5, tokens.h5)")
+    s.add_argument("--leakage", default="", help="the leakage check's record (leakage.json)")
 
     s = sub.add_parser("scorecard", help="print the AUROC tables of a results folder")
     s.add_argument("results")

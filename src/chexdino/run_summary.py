@@ -232,7 +232,8 @@ def _headline(summary_json: Path) -> dict[str, Any]:
 def write_run_summary(dataset_json: Path, checkpoints_json: Path,
                       eval_summaries: dict[str, Path], config: dict[str, Any],
                       out_rst: Path, out_table: Path, out_config: Path,
-                      job_records: Sequence[Path] = ()) -> None:
+                      job_records: Sequence[Path] = (),
+                      leakage_json: Path | None = None) -> None:
     """Write the landing-page block, the per-job provenance table and the exact config.
 
     ``job_records``: the data stages' outputs that carry their jobs' environment
@@ -255,7 +256,12 @@ def write_run_summary(dataset_json: Path, checkpoints_json: Path,
             environments[f"evaluate {name}"] = summary["environment"]
     for path in (out_rst, out_table, out_config):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(out_rst).write_text(landing_summary(dataset, training, scorecards, environments))
+    landing = landing_summary(dataset, training, scorecards, environments)
+    if leakage_json is not None:
+        from chexdino.leakage import leakage_text
+
+        landing += leakage_text(json.loads(Path(leakage_json).read_text())) + "\n"
+    Path(out_rst).write_text(landing)
     provenance_table(environments).to_csv(out_table, index=False)
     Path(out_config).write_text(
         "# The configuration this run used (defaults, --configfile and --config merged).\n"
