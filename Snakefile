@@ -18,6 +18,7 @@ include: "workflow/rules/impressions.smk"
 include: "workflow/rules/leakage.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/linear_probe.smk"
 include: "workflow/rules/summary.smk"
 include: "workflow/rules/export.smk"
 

@@ -124,7 +124,7 @@ def test_unchanged_config_plans_only_the_stages_never_run(snakemake_answers, pre
     jobs = plan(snakemake_answers, "unchanged")
     assert not set(jobs) & set(PREPROCESSING)
     assert set(jobs) == {"train", "evaluate", "plot_training", "retrieval", "compare_published",
-                         "run_summary", "export", "all"}
+                         "run_summary", "export", "embed", "linear_probe", "all"}
     assert UPDATED_INPUT not in jobs["train"][0]
 
 

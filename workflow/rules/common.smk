@@ -35,6 +35,7 @@ export_source_folder(workflow.basedir)
 wildcard_constraints:
     dataset="mimic|chexpert_test",
     evalset="mimic_test|chexpert_test",
+    dataset_split="mimic_train|mimic_validate|mimic_test|chexpert_test",
     scatteritem=r"\d+-of-\d+",
 
 
@@ -84,6 +85,19 @@ def eval_store(wildcards):
     """The image store an evaluation set reads (MIMIC's test rows live in the MIMIC store)."""
     dataset = "mimic" if wildcards.evalset == "mimic_test" else "chexpert_test"
     return f"{R}/{dataset}/cxr.h5"
+
+
+def embed_store(wildcards):
+    """The image store a cached embedding split reads (linear probe)."""
+    dataset = "chexpert_test" if wildcards.dataset_split == "chexpert_test" else "mimic"
+    return f"{R}/{dataset}/cxr.h5"
+
+
+def linear_probe_output():
+    """The linear probe's table and figure, unless ``linear_probe.enabled`` is false."""
+    if not config.get("linear_probe", {}).get("enabled", False):
+        return []
+    return [f"{R}/linear_probe/auroc.csv", f"{R}/linear_probe/auroc_vs_fraction.png"]
 
 
 def job_records():
@@ -139,6 +153,7 @@ def get_final_output():
         f"{R}/export/model.safetensors",
         f"{R}/model_summary.rst",
         *model_comparisons(),
+        *linear_probe_output(),
     ]
 
 
