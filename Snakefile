@@ -15,8 +15,10 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/select.smk"
 include: "workflow/rules/images.smk"
 include: "workflow/rules/impressions.smk"
+include: "workflow/rules/leakage.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/linear_probe.smk"
 include: "workflow/rules/summary.smk"
 include: "workflow/rules/export.smk"
 
@@ -30,6 +32,7 @@ localrules:
     select_chexpert_test,
     select_chexpert_5x200,
     accuracy_5x200,
+    leakage_check,
     plot_training,
     run_summary,
     compare_published,

@@ -10,6 +10,7 @@ import yaml
 from chexdino.config import (
     EvaluateConfig,
     ImagesConfig,
+    LinearProbeConfig,
     ModelConfig,
     PromptConfig,
     ReportConfig,
@@ -165,7 +166,7 @@ def test_snakemake_stops_before_any_job(good_config, tmp_path):
 
 
 SECTIONS = [SelectConfig, ImagesConfig, ReportsConfig, ModelConfig, TrainConfig, EvaluateConfig,
-            ReportConfig]
+            ReportConfig, LinearProbeConfig]
 
 
 @pytest.mark.parametrize("section", SECTIONS, ids=lambda c: c.NAME)

@@ -56,7 +56,8 @@ def test_auroc_table_point_matches_sklearn_excluding_nan() -> None:
     probs, targets = synthetic_scores()
     names = [f"L{j}" for j in range(probs.shape[1])]
     table = auroc_table(probs, targets, names, n_bootstrap=50)
-    assert list(table.columns) == ["label", "auroc", "ci_low", "ci_high", "n_pos", "n_neg", "note"]
+    assert list(table.columns) == ["label", "auroc", "ci_low", "ci_high", "n_pos", "n_neg", "note",
+                                   "flag"]
     for j, name in enumerate(names):
         keep = ~np.isnan(targets[:, j])
         row = table.set_index("label").loc[name]

@@ -25,7 +25,7 @@ from conftest import REPO, run_configs, write_config, write_run_overlay
 from conftest import snakemake as run_snakemake
 
 PREPROCESSING = ("select_mimic", "select_chexpert_test", "image_shard", "gather_images",
-                 "impressions", "tokens", "dataset_summary")
+                 "impressions", "tokens", "dataset_summary", "leakage_check")
 UPDATED_INPUT = "Input files updated by another job"
 
 pytestmark = pytest.mark.slow
@@ -56,6 +56,7 @@ def preprocessed(small_demo, tmp_path_factory) -> tuple[Path, list[str]]:
     results = tmp_path_factory.mktemp("rerun") / "results"
     configs = run_configs(write_run_overlay(small_demo, results, tiny_training=False))
     snakemake(str(results / "mimic" / "dataset_summary.json"),
+              str(results / "mimic" / "leakage.json"),
               str(results / "chexpert_test" / "cxr.h5"), *configs)
     return results, configs
 
@@ -123,7 +124,7 @@ def test_unchanged_config_plans_only_the_stages_never_run(snakemake_answers, pre
     jobs = plan(snakemake_answers, "unchanged")
     assert not set(jobs) & set(PREPROCESSING)
     assert set(jobs) == {"train", "evaluate", "plot_training", "retrieval", "compare_published",
-                         "run_summary", "export", "all"}
+                         "run_summary", "export", "embed", "linear_probe", "all"}
     assert UPDATED_INPUT not in jobs["train"][0]
 
 

@@ -36,7 +36,7 @@ def test_write_scorecard_outputs_parse_back(tmp_path: Path) -> None:
     np.testing.assert_allclose(pr[[f"prob_{lab}" for lab in LABELS]].to_numpy(), probs)
 
     au = pd.read_csv(paths["auroc"])
-    assert au.shape == (len(LABELS), 7)
+    assert au.shape == (len(LABELS), 8)
     np.testing.assert_allclose(au["auroc"], table["auroc"])
 
     doc = json.loads(paths["summary"].read_text())

@@ -189,6 +189,38 @@ def cmd_train(a: argparse.Namespace) -> None:
         log.info("training finished: %s", result)
 
 
+@command("leakage-check")
+def cmd_leakage_check(a: argparse.Namespace) -> None:
+    from chexdino.leakage import check_leakage, leakage_text
+
+    others = dict(item.split("=", 1) for item in a.other)
+    print(leakage_text(check_leakage(Path(a.manifest), Path(a.out), others)))
+
+
+@command("embed")
+def cmd_embed(a: argparse.Namespace) -> None:
+    from chexdino.embeddings import embed_split
+
+    embed_split(Path(a.model), Path(a.cxr), Path(a.out), a.split or None, a.batch_size)
+
+
+@command("linear-probe")
+def cmd_linear_probe(a: argparse.Namespace) -> None:
+    from chexdino.config import LinearProbeConfig
+    from chexdino.linear_probe import run_linear_probe
+
+    if len(a.names) != len(a.tests):
+        raise ChexdinoError(f"--names has {len(a.names)} entries, --tests {len(a.tests)}")
+    evaluate = _json(a.evaluate)
+    table = run_linear_probe(
+        Path(a.train), Path(a.validate), dict(zip(a.names, map(Path, a.tests), strict=True)),
+        LinearProbeConfig.from_section(_json(a.linear_probe)), evaluate["labels"],
+        evaluate["uncertain"], evaluate["seed"], Path(a.out), Path(a.summary), Path(a.figure),
+        {Path(p).parent.name: Path(p) for p in a.zero_shot})
+    print(Path(a.summary).read_text())
+    log.info("linear probe: %d rows -> %s", len(table), a.out)
+
+
 @command("plot-training")
 def cmd_plot_training(a: argparse.Namespace) -> None:
     from chexdino.plots import plot_training_curves
@@ -229,7 +261,8 @@ def cmd_run_summary(a: argparse.Namespace) -> None:
     summaries = {Path(p).parent.name: Path(p) for p in a.eval_summaries}
     write_run_summary(Path(a.dataset), Path(a.checkpoints), summaries, _json(a.config),
                       Path(a.out), Path(a.provenance), Path(a.config_out),
-                      [Path(p) for p in a.job_records])
+                      [Path(p) for p in a.job_records],
+                      Path(a.leakage) if a.leakage else None)
     print(Path(a.out).read_text())
 
 
@@ -368,6 +401,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--nodes", type=int, default=1,
                    help="nodes of the SLURM job to train on (srun, one task per GPU)")
 
+    s = sub.add_parser("leakage-check",
+                       help="before training: no training patient in a same-source eval set")
+    s.add_argument("--manifest", required=True, help="the MIMIC-CXR manifest (all splits)")
+    s.add_argument("--out", required=True, help="the check's record (JSON)")
+    s.add_argument("--other", nargs="*", default=[], metavar="NAME=MANIFEST",
+                   help="other evaluation sets derived from MIMIC-CXR (manifest CSVs)")
+
+    s = sub.add_parser("embed", help="frozen image embeddings of one split, cached (.npz)")
+    for arg in ("model", "cxr", "out"):
+        s.add_argument(f"--{arg}", required=True)
+    s.add_argument("--split", default="", help="rows of this split (default: all)")
+    s.add_argument("--batch-size", type=int, default=256)
+
+    s = sub.add_parser("linear-probe", help="logistic regression per label on embeddings")
+    for arg in ("train", "validate", "linear-probe", "evaluate", "out", "summary", "figure"):
+        s.add_argument(f"--{arg}", required=True)
+    s.add_argument("--tests", nargs="+", required=True, help="test-set embedding files")
+    s.add_argument("--names", nargs="+", required=True, help="a name per test set")
+    s.add_argument("--zero-shot", nargs="*", default=[],
+                   help="zero-shot summary.json per test set (the figure's lines)")
+
     s = sub.add_parser("plot-training", help="training curves for the report")
     for arg in ("metrics", "validation", "out"):
         s.add_argument(f"--{arg}", required=True)
@@ -399,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--job-records", nargs="*", default=[],
                    help="outputs of the data stages that carry their jobs' environment "
                         "(select/impressions JSON, cxr.h5, tokens.h5)")
+    s.add_argument("--leakage", default="", help="the leakage check's record (leakage.json)")
 
     s = sub.add_parser("scorecard", help="print the AUROC tables of a results folder")
     s.add_argument("results")

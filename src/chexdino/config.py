@@ -365,3 +365,16 @@ class ReportConfig(Section):
 
     NAME: ClassVar[str] = "report"
     sample_images: bool
+
+
+@dataclass(frozen=True)
+class LinearProbeConfig(Section):
+    """``linear_probe:``: label fractions (by patient), seeds, the ``C`` grid, bootstrap."""
+
+    NAME: ClassVar[str] = "linear_probe"
+    enabled: bool
+    fractions: list[float]
+    seeds: list[int]
+    c_grid: list[float]
+    max_iter: int
+    bootstrap: int

@@ -60,6 +60,9 @@ RERUNS: dict[str, str] = {
     "compare_models": "evaluate_model (only the models added or changed), compare_models, "
                       "export, run_summary",
     "report": "dataset_summary, then run_summary",
+    "linear_probe": "linear_probe only (the cached embeddings stay: the embed jobs take "
+                    "evaluate.batch_size alone); enabled: false drops the embed and "
+                    "linear_probe jobs",
 }
 """Section -> the rules that rerun when one of its keys changes. Every section also reruns
 run_summary, whose params hold the whole config."""

@@ -102,9 +102,19 @@ def evaluate_store(
     targets = metrics.eval_targets(raw, cfg.uncertain)
     table = metrics.auroc_table(prob, targets, labels, cfg.bootstrap, cfg.seed)
     summary = metrics.headline(table, [c for c in COMPETITION_LABELS if c in labels])
+    summary["flags"] = metrics.chance_flags(table)
+    log_chance_flags(table)
     summary.update({"n_images": len(rows), "checkpoints": [str(p) for p in checkpoints],
                     "environment": environment(device)})
     ids = meta.loc[rows, ["dicom_id", "study_id", "subject_id"]].reset_index(drop=True)
     scorecard.write_scorecard(Path(out_dir), ids, prob, targets, labels, table, summary)
     print(scorecard.format_table(table, summary))
     return summary
+
+
+def log_chance_flags(table) -> None:
+    """A warning per label whose AUROC is below 0.5 (``flag`` of :func:`metrics.auroc_table`)."""
+    for r in table.itertuples(index=False):
+        if r.flag:
+            log.warning("%s: AUROC %.3f [%.3f, %.3f] (%s), %s", r.label, r.auroc, r.ci_low,
+                        r.ci_high, r.flag, metrics.CHANCE_ADVICE)

@@ -19,8 +19,18 @@ from chexdino import COMPETITION_LABELS
 UNCERTAIN_POLICIES: tuple[str, ...] = ("exclude", "positive", "negative")
 """How a -1 (uncertain) CheXpert label is scored: dropped for that label, or counted as 1 / 0."""
 
-TABLE_COLUMNS: tuple[str, ...] = ("label", "auroc", "ci_low", "ci_high", "n_pos", "n_neg", "note")
+TABLE_COLUMNS: tuple[str, ...] = ("label", "auroc", "ci_low", "ci_high", "n_pos", "n_neg", "note",
+                                   "flag")
 """Columns of :func:`auroc_table`, also the columns of ``auroc.csv``."""
+
+BELOW_CHANCE = "below chance"
+"""``flag`` of a label whose whole AUROC CI lies below 0.5: the scores rank the wrong way."""
+
+UNDER_HALF = "AUROC < 0.5"
+"""``flag`` of a label whose AUROC is below 0.5 but whose CI reaches 0.5 (a weaker sign)."""
+
+CHANCE_ADVICE = "worse than chance: check the prompts or the label polarity"
+"""What a flagged label's log line and report text say."""
 
 _CHUNK_ELEMENTS = 1 << 22
 """Bootstrap resamples are processed in blocks of about this many (resample, row) cells."""
@@ -160,6 +170,28 @@ def mann_whitney_auroc(
     return _weighted_auroc(weights, scores, np.flatnonzero(y), np.flatnonzero(~y), cum_dtype)
 
 
+def chance_flag(auroc: float, ci_high: float) -> str:
+    """:data:`BELOW_CHANCE` when the CI's upper end is below 0.5, :data:`UNDER_HALF` when the
+    AUROC alone is, else ``""`` (also for an undefined AUROC)."""
+    if not math.isnan(ci_high) and ci_high < 0.5:
+        return BELOW_CHANCE
+    if not math.isnan(auroc) and auroc < 0.5:
+        return UNDER_HALF
+    return ""
+
+
+def chance_flags(table: pd.DataFrame) -> dict[str, list[str]]:
+    """Labels flagged by :func:`chance_flag`, for ``summary.json``: ``below_chance`` (CI
+    entirely below 0.5) and ``auroc_below_half`` (AUROC < 0.5, CI reaching 0.5 or absent)."""
+    flags = [chance_flag(float(a), float(h))
+             for a, h in zip(table["auroc"], table["ci_high"], strict=True)]
+    labels = [str(x) for x in table["label"]]
+    return {"below_chance": [lab for lab, f in zip(labels, flags, strict=True)
+                             if f == BELOW_CHANCE],
+            "auroc_below_half": [lab for lab, f in zip(labels, flags, strict=True)
+                                 if f == UNDER_HALF]}
+
+
 def _one_class_note(n_pos: int, n_neg: int) -> str:
     if n_pos == 0 and n_neg == 0:
         return "undefined: no rows with a target (all excluded)"
@@ -247,6 +279,7 @@ def auroc_table(
             "n_pos": int(n_pos[j]),
             "n_neg": int(n_neg[j]),
             "note": "",
+            "flag": "",
         }
         if not defined[j]:
             rec["note"] = _one_class_note(int(n_pos[j]), int(n_neg[j]))
@@ -266,6 +299,7 @@ def auroc_table(
                 f"CI from {samples.size}/{n_bootstrap} resamples ({skipped} had one class)"
             )
         rec["note"] = "; ".join(notes)
+        rec["flag"] = chance_flag(float(rec["auroc"]), float(rec["ci_high"]))
         records.append(rec)
 
     table = pd.DataFrame.from_records(records, columns=list(TABLE_COLUMNS))

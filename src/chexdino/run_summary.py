@@ -169,6 +169,17 @@ def _fmt_auroc(summary: dict[str, Any]) -> str:
     return f"**{mean:.3f}**{ci}"
 
 
+def _flag_text(summary: dict[str, Any]) -> str:
+    """"; **worse than chance** ...: No Finding (CI below 0.5)" or "" (metrics.chance_flags)."""
+    flags = summary.get("flags") or {}
+    named = [f"{lab} (CI below 0.5)" for lab in flags.get("below_chance", [])]
+    named += [f"{lab} (AUROC < 0.5)" for lab in flags.get("auroc_below_half", [])]
+    if not named:
+        return ""
+    return (f"; **worse than chance** (check the prompts or the label polarity): "
+            f"{', '.join(named)}")
+
+
 def landing_summary(dataset: dict[str, Any], training: dict[str, Any],
                     scorecards: dict[str, dict[str, Any]],
                     environments: dict[str, dict[str, Any]] | None = None) -> str:
@@ -181,7 +192,7 @@ def landing_summary(dataset: dict[str, Any], training: dict[str, Any],
         mean_all = summary.get("mean_auroc_all")
         all_text = f"{mean_all:.3f} over {defined} labels" if mean_all is not None else "n/a"
         lines.append(f"- ``{name}`` ({summary.get('n_images', '?')} images): "
-                     f"{_fmt_auroc(summary)}; all labels: {all_text}")
+                     f"{_fmt_auroc(summary)}; all labels: {all_text}{_flag_text(summary)}")
     env = training.get("environment", {})
     lines += ["",
               f"Data: {dataset['input_records']} input records, {dataset['kept']} kept, "
@@ -221,7 +232,8 @@ def _headline(summary_json: Path) -> dict[str, Any]:
 def write_run_summary(dataset_json: Path, checkpoints_json: Path,
                       eval_summaries: dict[str, Path], config: dict[str, Any],
                       out_rst: Path, out_table: Path, out_config: Path,
-                      job_records: Sequence[Path] = ()) -> None:
+                      job_records: Sequence[Path] = (),
+                      leakage_json: Path | None = None) -> None:
     """Write the landing-page block, the per-job provenance table and the exact config.
 
     ``job_records``: the data stages' outputs that carry their jobs' environment
@@ -244,7 +256,12 @@ def write_run_summary(dataset_json: Path, checkpoints_json: Path,
             environments[f"evaluate {name}"] = summary["environment"]
     for path in (out_rst, out_table, out_config):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(out_rst).write_text(landing_summary(dataset, training, scorecards, environments))
+    landing = landing_summary(dataset, training, scorecards, environments)
+    if leakage_json is not None:
+        from chexdino.leakage import leakage_text
+
+        landing += leakage_text(json.loads(Path(leakage_json).read_text())) + "\n"
+    Path(out_rst).write_text(landing)
     provenance_table(environments).to_csv(out_table, index=False)
     Path(out_config).write_text(
         "# The configuration this run used (defaults, --configfile and --config merged).\n"

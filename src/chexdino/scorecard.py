@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from chexdino.metrics import TABLE_COLUMNS, check_inputs
+from chexdino.metrics import CHANCE_ADVICE, TABLE_COLUMNS, check_inputs
 
 
 def _jsonable(obj: object) -> object:
@@ -89,6 +89,9 @@ def format_table(table: pd.DataFrame, summary: dict) -> str:
             else "n/a"
         )
         note = "" if pd.isna(r.note) else str(r.note)
+        flag = "" if pd.isna(getattr(r, "flag", "")) else str(getattr(r, "flag", ""))
+        if flag:
+            note = "; ".join(x for x in (f"FLAG {flag}", note) if x)
         lines.append(
             f"{r.label!s:<{width}}  {_fmt(r.auroc):>6}  {ci_txt:<16}  "
             f"{int(r.n_pos):>6}  {int(r.n_neg):>6}  {note}".rstrip()
@@ -101,6 +104,9 @@ def format_table(table: pd.DataFrame, summary: dict) -> str:
         head += f" [{_fmt(lo)}, {_fmt(hi)}]"
     if summary.get("competition_undefined"):
         head += f" (undefined: {', '.join(summary['competition_undefined'])})"
+    flagged = [f"{lab} ({kind})" for kind, key in (("CI below 0.5", "below_chance"),
+                                                     ("AUROC < 0.5", "auroc_below_half"))
+               for lab in (summary.get("flags") or {}).get(key, [])]
     lines += [
         "",
         head,
@@ -109,4 +115,6 @@ def format_table(table: pd.DataFrame, summary: dict) -> str:
             f"{_fmt(summary.get('mean_auroc_all'))}"
         ),
     ]
+    if flagged:
+        lines.append(f"flagged, {CHANCE_ADVICE}: {', '.join(flagged)}")
     return "\n".join(lines)

@@ -35,6 +35,7 @@ export_source_folder(workflow.basedir)
 wildcard_constraints:
     dataset="mimic|chexpert_test|rsna_pneumonia|siim_pneumothorax|chexpert_5x200",
     evalset="mimic_test|chexpert_test|rsna_pneumonia|siim_pneumothorax|chexpert_5x200",
+    dataset_split="mimic_train|mimic_validate|mimic_test|chexpert_test",
     scatteritem=r"\d+-of-\d+",
 
 
@@ -89,6 +90,12 @@ def eval_sets():
     return sets + extra_eval_sets()
 
 
+def probe_eval_sets():
+    """The sets the linear probe is scored on: MIMIC-CXR's test split and, when configured,
+    the CheXpert test set (both carry the 14 CheXpert labels the probe learns)."""
+    return [s for s in eval_sets() if s in ("mimic_test", "chexpert_test")]
+
+
 def eval_store(wildcards):
     """The image store an evaluation set reads (MIMIC's test rows live in the MIMIC store)."""
     dataset = "mimic" if wildcards.evalset == "mimic_test" else wildcards.evalset
@@ -110,6 +117,19 @@ def eval_settings(evalset, **changes):
                 **overrides,
             }
     return settings
+
+
+def embed_store(wildcards):
+    """The image store a cached embedding split reads (linear probe)."""
+    dataset = "chexpert_test" if wildcards.dataset_split == "chexpert_test" else "mimic"
+    return f"{R}/{dataset}/cxr.h5"
+
+
+def linear_probe_output():
+    """The linear probe's table and figure, unless ``linear_probe.enabled`` is false."""
+    if not config.get("linear_probe", {}).get("enabled", False):
+        return []
+    return [f"{R}/linear_probe/auroc.csv", f"{R}/linear_probe/auroc_vs_fraction.png"]
 
 
 def job_records():
@@ -186,6 +206,7 @@ def get_final_output():
         f"{R}/model_summary.rst",
         *model_comparisons(),
         *accuracy_tables(),
+        *linear_probe_output(),
     ]
 
 

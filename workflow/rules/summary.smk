@@ -42,6 +42,7 @@ rule run_summary:
     input:
         dataset=f"{R}/mimic/dataset_summary.json",
         checkpoints=f"{R}/train/checkpoints.json",
+        leakage=f"{R}/mimic/leakage.json",
         scorecards=expand(f"{R}/eval/{{evalset}}/summary.json", evalset=eval_sets()),
         # Outputs of the data stages that carry their jobs' environment.
         records=job_records(),
@@ -68,4 +69,5 @@ rule run_summary:
         "chexdino run-summary --dataset {input.dataset} --checkpoints {input.checkpoints}"
         " --eval-summaries {input.scorecards} --config {params.config}"
         " --out {output.landing} --provenance {output.provenance}"
-        " --config-out {output.config} --job-records {input.records} > {log} 2>&1"
+        " --config-out {output.config} --job-records {input.records}"
+        " --leakage {input.leakage} > {log} 2>&1"

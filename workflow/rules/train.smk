@@ -11,6 +11,8 @@ rule train:
     input:
         cxr=f"{R}/mimic/cxr.h5",
         tokens=f"{R}/mimic/tokens.h5",
+        # The leakage guard (leakage.smk) passed: no training patient in validate or test.
+        leakage=f"{R}/mimic/leakage.json",
     output:
         model=f"{R}/train/best.pt",
         checkpoints=f"{R}/train/checkpoints.json",
