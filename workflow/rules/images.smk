@@ -15,7 +15,10 @@ rule image_shard:
         f"{R}/logs/image_shard/{{dataset}}/{{scatteritem}}.log",
     conda:
         "../../environment.yml"
-    threads: 2
+    # 2 decode threads locally (shards run side by side), 8 per SLURM job, fitted there.
+    threads: SLURM.threads("image_shard", 8, local=2, mem_mb=16000, runtime="4h")
+    resources:
+        **SLURM.resources("image_shard", threads=8, mem_mb=16000, runtime="4h"),
     params:
         images=as_json(config["images"]),
     shell:
@@ -36,6 +39,8 @@ rule gather_images:
         f"{R}/logs/gather_images/{{dataset}}.log",
     conda:
         "../../environment.yml"
+    resources:
+        **SLURM.resources("gather_images", threads=1, mem_mb=16000, runtime="4h"),
     shell:
         "chexdino gather --shards {input.h5} --shard-rejects {input.rejects}"
         " --out {output.h5} --rejects {output.rejects} > {log} 2>&1"

@@ -15,6 +15,8 @@ rule impressions:
         f"{R}/logs/impressions.log",
     conda:
         "../../environment.yml"
+    resources:
+        **SLURM.resources("impressions", threads=1, mem_mb=8000, runtime="2h"),
     params:
         report_root=lambda wildcards: config["mimic"]["report_root"],
     shell:
@@ -34,6 +36,8 @@ rule tokens:
         f"{R}/logs/tokens.log",
     conda:
         "../../environment.yml"
+    resources:
+        **SLURM.resources("tokens", threads=1, mem_mb=16000),
     params:
         reports=as_json(config["reports"]),
     shell:

@@ -16,6 +16,8 @@ rule select_mimic:
         f"{R}/logs/select_mimic.log",
     conda:
         "../../environment.yml"
+    resources:
+        **SLURM.resources("select_mimic", threads=1, mem_mb=16000),
     params:
         # Folders holding many files (not inputs of this rule): passed as plain values.
         image_root=lambda wildcards: config["mimic"]["image_root"],
