@@ -11,7 +11,7 @@ DEMO_DATA := demo-data
 DEMO_CONFIG := tests/demo/config.yaml
 CORES ?= 2
 
-.PHONY: env demo demo-data test test-fast lint clean
+.PHONY: env demo demo-data test test-fast test-slurm-newest lint clean
 
 env: $(STAMP)
 
@@ -45,6 +45,20 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The SLURM tests (as root: they start a single-node cluster) against the newest releases of
+# Snakemake and its SLURM plugins, in an environment of their own (.venv stays as pinned):
+# requirements.txt, then those upgraded, then chexdino from this folder.
+NEWEST_VENV ?= ../venv-newest
+test-slurm-newest:
+	test -x $(NEWEST_VENV)/bin/python || $(PYTHON) -m venv $(NEWEST_VENV)
+	$(NEWEST_VENV)/bin/pip install --quiet -r requirements.txt
+	$(NEWEST_VENV)/bin/pip install --quiet --upgrade snakemake snakemake-executor-plugin-slurm \
+		snakemake-executor-plugin-slurm-jobstep
+	$(NEWEST_VENV)/bin/pip install --quiet --no-deps -e .
+	$(NEWEST_VENV)/bin/pip list 2>/dev/null | grep -i '^snakemake'
+	$(NEWEST_VENV)/bin/python -m pytest -q tests/test_snakemake_public_api.py \
+		tests/test_slurm_check.py tests/test_slurm.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -42,6 +42,11 @@ GPU_RULES = {"train", "evaluate"}
 FAST = ["--slurm-init-seconds-before-status-checks", "2", "--latency-wait", "5"]
 
 
+def logs_with(results: Path) -> list[str]:
+    """The option the run's start-up warning names: SLURM's job logs under the results."""
+    return ["--slurm-logdir", str(results / "logs" / "slurm")]
+
+
 def _why_no_cluster() -> str | None:
     if sys.platform != "linux" or os.geteuid() != 0:
         return "the SLURM integration test starts slurmctld/slurmd/munged: it needs root"
@@ -61,9 +66,8 @@ pytestmark = [
 
 def profile_partitions() -> tuple[str, str]:
     """The CPU and GPU partition names, read from the one place the profile sets them."""
-    profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
-    cpu = profile["default-resources"]["slurm_partition"]
-    gpu = profile["set-resources"]["train"]["slurm_partition"]
+    defaults = yaml.safe_load((PROFILE / "config.yaml").read_text())["default-resources"]
+    cpu, gpu = defaults["slurm_partition"], defaults["slurm_gpu_partition"]
     return str(cpu), str(gpu)
 
 
@@ -205,10 +209,11 @@ def slurm_run(cluster, small_demo, tmp_path_factory):
     command = readme_demo_command()
     assert command[-2:] == ["--configfile", "tests/demo/config.yaml"], command
     started = time.monotonic()
-    run = snakemake([*command, str(overlay), *FAST], cluster.env)
+    run = snakemake([*command, str(overlay), *FAST, *logs_with(results)], cluster.env)
     seconds = time.monotonic() - started
     assert run.returncode == 0, run.stdout[-10000:]
-    logdir = results / "logs" / "slurm"  # the SLURM logs follow the results folder
+    logdir = results / "logs" / "slurm"  # --slurm-logdir, as the start-up warning would say
+    assert "SLURM job logs: in" not in run.stdout  # no warning: they are under the results
 
     local = base / "local"
     local_overlay = write_run_overlay(small_demo, local)
@@ -256,7 +261,7 @@ def test_every_job_went_through_sbatch_fitted_to_the_cluster(slurm_run, cluster)
     for rule in GPU_RULES:
         assert (f"rule {rule}: no GPU requested (gpu=1 dropped) and partition {cpu}: the "
                 "models run on the CPU (train.device: cpu)") in out
-    # The profile asks 8 CPUs and 96000 MB for 24 h for training: what the node cannot give
+    # The train rule asks 8 CPUs and 96000 MB for 24 h: what the node cannot give
     # is lowered to what it has, with a note; the rest reaches SLURM as asked.
     (train_id,) = by_rule["train"]
     assert finished[train_id]["ProcCnt"] == str(min(8, node_cpus))
@@ -358,7 +363,7 @@ def test_a_failing_job_fails_the_run_and_shows_its_error(cluster, small_demo, tm
     overlay = write_run_overlay(small_demo, results, mimic={"metadata_csv": str(broken)})
     run = snakemake(["--profile", str(PROFILE.relative_to(REPO)),
                      str(results / "mimic" / "manifest.csv"), *run_configs(overlay),
-                     "--retries", "0", *FAST], cluster.env)
+                     "--retries", "0", *FAST, *logs_with(results)], cluster.env)
     assert run.returncode != 0
     assert "Error in rule select_mimic" in run.stdout
     (log,) = (results / "logs" / "slurm").glob("rule_select_mimic/*.log")
@@ -417,7 +422,7 @@ def test_training_stops_on_the_slurm_signal_and_the_retry_resumes(slurm_run, clu
                                                             "ckpt_every": 10, "log_every": 1})
     env = dict(cluster.env, HF_HUB_OFFLINE="1", PATH=path_without_environment(cluster.env["PATH"]))
     cmd = [str(BINDIR / "snakemake"), "--profile", str(PROFILE.relative_to(REPO)),
-           str(results / "train" / "best.pt"), *run_configs(overlay), *FAST]
+           str(results / "train" / "best.pt"), *run_configs(overlay), *FAST, *logs_with(results)]
     out_file = tmp_path / "snakemake.out"
     with out_file.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)

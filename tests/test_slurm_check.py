@@ -12,6 +12,7 @@ import pytest
 from chexdino.slurm_check import (
     Request,
     RequestError,
+    SlurmRequests,
     fit_request,
     fit_requests,
     gpu_count,
@@ -132,35 +133,98 @@ def test_every_impossible_request_is_named_in_one_error(partitions):
         "  rule train: partition debug has no nodes"]
 
 
-def test_local_rules_are_not_checked_or_changed(partitions, monkeypatch):
-    """A rule of ``localrules:`` runs in the head process: no note, no change, and no stop
-    even where its request could never be met; the submitted rules are fitted as before."""
+def requests_on(partitions, *, models_on_cpu=False, log=None):
+    return SlurmRequests(partitions, cpu_partition="cpu", gpu_partition="gpu",
+                         models_on_cpu=models_on_cpu, slurm=True, log=log,
+                         defaults={"mem_mb": 8000, "runtime": 60})
+
+
+def test_rules_declare_their_fitted_request_and_each_note_is_logged_once(partitions):
+    """What a rule's ``threads:`` / ``resources:`` receive on SLURM: the fitted request, the
+    partition chosen by the GPU request; the note comes once, however often it is asked."""
+    logged = []
+    requests = requests_on(partitions, log=logged.append)
+    train = dict(threads=8, gpu=1, mem_mb=96000, runtime="4d")
+    assert requests.threads("train", **train) == 8  # the gpu partition's nodes: 32 CPUs
+    assert requests.resources("train", **train) == {
+        "slurm_partition": "gpu", "gpu": 1, "mem_mb": 96000, "runtime": 2880}
+    assert logged == ["rule train: runtime 5760 min -> 2880 min, the MaxTime of partition gpu"]
+    # A rule without sizes gets the profile's default-resources, fitted too.
+    assert requests.resources("tokens", threads=1) == {
+        "slurm_partition": "cpu", "gpu": 0, "mem_mb": 8000, "runtime": 60}
+    assert requests.threads("image_shard", 8, local=2) == 2  # the cpu partition's 2 CPUs
+    assert logged[-1] == ("rule image_shard: threads 8 -> 2, the most CPUs a node of partition "
+                          "cpu has")
+    requests.check()  # nothing impossible
+
+
+def test_models_on_the_cpu_put_gpu_rules_in_the_cpu_partition_without_a_gpu(partitions):
+    logged = []
+    requests = requests_on(partitions, models_on_cpu=True, log=logged.append)
+    assert requests.resources("evaluate", threads=8, gpu=1, mem_mb=64000) == {
+        "slurm_partition": "cpu", "gpu": 0, "mem_mb": 22000, "runtime": 60}
+    assert logged[0] == ("rule evaluate: no GPU requested (gpu=1 dropped) and partition cpu: "
+                         "the models run on the CPU (train.device: cpu)")
+    # Not on SLURM: no partition, memory or wall time; the GPU as the models need it.
+    local = SlurmRequests(None, cpu_partition=None, gpu_partition=None, models_on_cpu=True,
+                          slurm=False)
+    assert local.resources("train", threads=8, gpu=1, mem_mb=96000) == {"gpu": 0}
+    assert local.threads("image_shard", 8, local=2) == 2 and local.threads("train", 8) == 8
+    on_gpu = SlurmRequests(None, cpu_partition=None, gpu_partition=None, models_on_cpu=False,
+                           slurm=False)
+    assert on_gpu.resources("train", threads=8, gpu=2) == {"gpu": 2}
+
+
+def test_every_rule_that_cannot_run_is_named_when_the_workflow_checks(partitions):
+    """A GPU request on a partition without GPUs, from any rule: each one named in one error,
+    raised by check() at the end of the Snakefile; the other rules are fitted as usual."""
+    requests = SlurmRequests(partitions, cpu_partition="cpu", gpu_partition="cpu",
+                             models_on_cpu=False, slurm=True)
+    for rule in ("train", "evaluate"):
+        requests.resources(rule, threads=8, gpu=1)
+    assert requests.resources("tokens", threads=1, mem_mb=96000)["mem_mb"] == 22000
+    with pytest.raises(RequestError) as error:
+        requests.check()
+    lines = str(error.value).splitlines()
+    assert lines[0] == "SLURM requests that no node can meet, nothing was submitted:"
+    assert [line.split(":")[0].strip() for line in lines[1:]] == ["rule train", "rule evaluate"]
+    assert all("gpu=1 but the nodes of partition cpu have 0 GPUs at most" in line
+               for line in lines[1:])
+
+
+def test_a_job_computes_the_threads_its_head_submitted(partitions, monkeypatch):
+    """The head asks scontrol once and hands the partitions to its jobs in their environment:
+    a job process fits the same way without asking SLURM again, and logs nothing."""
     from types import SimpleNamespace
 
-    from snakemake.resources import Resource, Resources
-    from snakemake_interface_executor_plugins.settings import ExecMode
+    from snakemake.resources import Resources
 
     from chexdino import slurm_check
 
-    def rule(name, partition, norun=False):
-        resources = Resources()
-        for key, value in (("_cores", 8), ("slurm_partition", partition), ("mem_mb", 96000)):
-            resources[key] = Resource(key, value)
-        return SimpleNamespace(name=name, norun=norun, resources=resources)
+    def workflow(main):
+        return SimpleNamespace(
+            is_main_process=main,
+            resource_settings=SimpleNamespace(default_resources=Resources.from_mapping(
+                {"slurm_partition": "cpu", "slurm_gpu_partition": "gpu", "runtime": "1h"})))
 
-    rules = [rule("train", "cpu"), rule("run_summary", "no-such-partition"),
-             rule("all", "no-such-partition", norun=True)]
-    workflow = SimpleNamespace(
-        rules=rules, _localrules={"run_summary"},
-        workflow_settings=SimpleNamespace(exec_mode=ExecMode.DEFAULT),
-        resource_settings=SimpleNamespace(_parsed_default_resources=Resources(),
-                                          _parsed_overwrite_threads={},
-                                          _parsed_overwrite_resources={}))
+    monkeypatch.delenv(slurm_check.PARTITIONS_ENV, raising=False)
     monkeypatch.setattr(slurm_check.shutil, "which", lambda name: f"/usr/bin/{name}")
-    logged = []
-    notes = slurm_check.check_workflow_requests(workflow, {"train": {}}, logged.append,
-                                                query=lambda: partitions)
-    assert notes == logged and [n.split(":")[0] for n in notes] == ["rule train"] * 2
-    assert rules[0].resources["_cores"].value == 2
-    assert rules[1].resources["_cores"].value == 8
-    assert rules[1].resources["slurm_partition"].value == "no-such-partition"
+    asked, logged = [], []
+    head = slurm_check.slurm_requests(workflow(True), {"train": {"device": "cpu"}},
+                                      logged.append, query=lambda: asked.append(1) or partitions)
+    assert head.threads("train", 8, gpu=1) == 2 and asked == [1] and len(logged) == 2
+    assert head.resources("train", threads=8, gpu=1)["runtime"] == 60
+
+    def no_query():
+        raise AssertionError("a job asked scontrol")
+
+    job = slurm_check.slurm_requests(workflow(False), {"train": {"device": "cpu"}},
+                                     logged.append, query=no_query)
+    assert job.threads("train", 8, gpu=1) == 2 and len(logged) == 2
+    assert job.resources("train", threads=8, gpu=1) == head.resources("train", threads=8, gpu=1)
+    # Not a SLURM run (no slurm_partition among the default resources): nothing is asked.
+    local = slurm_check.slurm_requests(
+        SimpleNamespace(is_main_process=True,
+                        resource_settings=SimpleNamespace(default_resources=None)),
+        {"train": {"device": "auto"}}, logged.append, query=no_query)
+    assert local.resources("train", threads=8, gpu=1) == {"gpu": 1}

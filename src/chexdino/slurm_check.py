@@ -14,17 +14,21 @@ submission, job by job. So the head process reads the partitions and nodes from
   job computes or where it cannot run at all: a partition that does not exist or has no
   nodes, a GPU request where the partition's nodes have fewer GPUs.
 
-The parsing and the fitting are plain functions of ``scontrol``'s text;
-:func:`check_workflow_requests` applies them to a parsed Snakemake workflow.
+The parsing and the fitting are plain functions of ``scontrol``'s text. The workflow applies
+them through public Snakemake surfaces only: :func:`slurm_requests` reads the profile's
+``default-resources`` and the rules ask :class:`SlurmRequests` for their ``threads:`` and
+``resources:`` values, so the fitted request is what the rule itself declares.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import subprocess
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 UNLIMITED = ("UNLIMITED", "INFINITE", "NONE", "")
@@ -168,8 +172,8 @@ def fit_request(request: Request, partitions: dict[str, Partition], *, on_cpu: b
             raise RequestError(
                 f"rule {rule}: gpu={asked} but the nodes of partition {part.name} have "
                 f"{part.gpus} GPU{'s' if part.gpus != 1 else ''} at most. Name a partition "
-                "with GPUs in profiles/slurm/config.yaml (set-resources: train / evaluate: "
-                "slurm_partition), ask for fewer GPUs, or set train.device: cpu to run "
+                "with GPUs in profiles/slurm/config.yaml (default-resources: "
+                "slurm_gpu_partition), ask for fewer GPUs, or set train.device: cpu to run "
                 "train and evaluate on CPU nodes without a GPU")
     if request.threads is not None and request.threads > part.cpus:
         notes.append(f"rule {rule}: threads {request.threads} -> {part.cpus}, the most CPUs "
@@ -208,117 +212,169 @@ def fit_requests(requests: Iterable[Request], partitions: dict[str, Partition], 
     return fitted, notes
 
 
-# --- Snakemake glue ---------------------------------------------------------------------------
+# --- The workflow's side: requests fitted once, handed to the rules as resource values -----
 
-def _concrete(resource: Any, name: str, threads: int | None) -> Any:
-    """A resource's value outside any job (profile expressions such as ``"gpu"`` evaluated);
-    None when it depends on the job (its input size, a function)."""
+PARTITIONS_ENV = "CHEXDINO_SLURM_PARTITIONS"
+
+
+def partitions_to_json(partitions: dict[str, Partition]) -> str:
+    return json.dumps({name: asdict(p) for name, p in partitions.items()}, sort_keys=True)
+
+
+def partitions_from_json(text: str) -> dict[str, Partition]:
+    return {name: Partition(**{**fields, "nodes": tuple(fields["nodes"])})
+            for name, fields in json.loads(text).items()}
+
+
+def profile_value(resource: Any) -> Any:
+    """A ``default-resources`` value outside any job (``"cpu"``, ``"1h"`` -> 60, 8000); None
+    where it depends on the job (an expression of its input size)."""
     from snakemake.resources import Resource
 
-    if resource is None or getattr(resource, "name", "") == "":
+    if resource is None:
         return None
     if not resource.is_evaluable():
         return resource.value
     if not isinstance(resource.raw, str):
         return None
     try:
-        value = Resource.cli_evaluator(name, resource.raw, wildcards=None, input=None,
-                                       attempt=1, threads=threads, async_run=None)
+        value = Resource.cli_evaluator(resource.name, resource.raw, wildcards=None,
+                                       input=None, attempt=1, async_run=None)
     except Exception:  # an expression of the job's input: known only per job
         return None
-    return Resource.parse_human_friendly(name, value) if isinstance(value, str) else value
+    return (Resource.parse_human_friendly(resource.name, value) if isinstance(value, str)
+            else value)
 
 
-def _rule_request(rule: Any) -> Request | None:
-    res = rule.resources
-    threads = _concrete(res.get("_cores"), "_cores", None)
-    threads = threads if isinstance(threads, int) else None
-    partition = _concrete(res.get("slurm_partition"), "slurm_partition", threads)
-    if not partition:
-        return None
-    mem = _concrete(res.get("mem_mb"), "mem_mb", threads)
-    if mem is None:
-        mem = _concrete(res.get("mem"), "mem", threads)
-    runtime = _concrete(res.get("runtime"), "runtime", threads)
-    gpus = _concrete(res.get("gpu"), "gpu", threads)
-    gres = _concrete(res.get("gres"), "gres", threads)
-    return Request(rule=rule.name, partition=str(partition), threads=threads,
-                   mem_mb=mem if isinstance(mem, int) else None,
-                   runtime_min=runtime if isinstance(runtime, int) else None,
-                   gpus=gpus if isinstance(gpus, int) else 0,
-                   gres=str(gres) if isinstance(gres, str) else "")
+class SlurmRequests:
+    """Each submitted rule's SLURM request, fitted to its partition once per process.
 
-
-def _runs_locally(workflow: Any, rule: Any) -> bool:
-    """A rule of ``localrules:`` (or one without a command): it runs in the head process and
-    is never submitted, so its request is not SLURM's to meet. (``workflow.is_local`` says
-    True for every rule while the Snakefile is read: the executor is chosen later.)"""
-    return rule.norun or rule.name in getattr(workflow, "_localrules", ())
-
-
-def _set(workflow: Any, rule: Any, name: str, value: Any, raw: Any) -> None:
-    """One resource of a rule: here, and for the job processes this head process spawns
-    (they receive the per-rule values as --set-resources / --set-threads)."""
-    from snakemake.resources import Resource, Resources
-
-    settings = workflow.resource_settings
-    if name == "_cores":
-        rule.resources["_cores"] = Resource("_cores", value)
-        settings._parsed_overwrite_threads[rule.name] = Resource("_cores", value)
-        return
-    rule.resources[name] = Resource(name, value, raw=raw)
-    overwrite = settings._parsed_overwrite_resources
-    overwrite.setdefault(rule.name, Resources())[name] = Resource(name, value, raw=raw)
-
-
-def check_workflow_requests(workflow: Any, config: dict, log: Callable[[str], None],
-                            query: Callable[[], dict[str, Partition]] = query_partitions
-                            ) -> list[str]:
-    """Fit every rule's SLURM request to its partition before anything is submitted.
-
-    Runs in the head process of a SLURM run (a rule names a ``slurm_partition``); a local
-    run and the job processes are left alone. Notes go to ``log``; a request that cannot
-    run raises :class:`RequestError` naming the rule, the resource and the limit.
+    The rules ask through :meth:`threads` and :meth:`resources` (their ``threads:`` and
+    ``resources:``), so what Snakemake hands to the SLURM plugin is already what the cluster
+    can run; nothing is changed after the rules are read. ``partitions`` is None where the
+    run is not on SLURM (or the cluster could not be asked): the requests then pass as
+    written. ``log`` gets one note per change, in the head process only.
     """
-    from snakemake_interface_executor_plugins.settings import ExecMode
 
-    if workflow.workflow_settings.exec_mode != ExecMode.DEFAULT:
-        return []
-    submitted = [rule for rule in workflow.rules if not _runs_locally(workflow, rule)]
-    requests = [r for r in map(_rule_request, submitted) if r is not None]
-    if not requests:
-        return []
-    if shutil.which("scontrol") is None:
+    def __init__(self, partitions: dict[str, Partition] | None, *, cpu_partition: str | None,
+                 gpu_partition: str | None, models_on_cpu: bool, slurm: bool,
+                 log: Callable[[str], None] | None = None,
+                 defaults: dict[str, Any] | None = None):
+        self.partitions = partitions
+        self.cpu_partition = cpu_partition
+        self.gpu_partition = gpu_partition or cpu_partition
+        self.models_on_cpu = models_on_cpu
+        self.slurm = slurm
+        self.log = log
+        self.defaults = defaults or {}
+        self.fitted: dict[str, Request] = {}
+        self.errors: dict[str, str] = {}
+
+    def request(self, rule: str, *, threads: int, gpu: int = 0, gres: str = "",
+                mem_mb: int | None = None, runtime: str | int | None = None) -> Request:
+        """The rule's request as it will be submitted (fitted; computed once per rule)."""
+        if rule in self.fitted:
+            return self.fitted[rule]
+        asked = Request(rule=rule, partition=str(
+            (self.gpu_partition if gpu or gres else self.cpu_partition) or ""),
+            threads=threads, mem_mb=mem_mb if mem_mb is not None else self.defaults.get("mem_mb"),
+            runtime_min=minutes(runtime) if runtime is not None else self.defaults.get("runtime"),
+            gpus=gpu, gres=gres)
+        done = asked
+        if self.models_on_cpu and (gpu or gres):
+            done = replace(asked, gpus=0, gres="", partition=self.cpu_partition or "")
+        if self.partitions is not None:
+            try:
+                done, notes = fit_request(asked, self.partitions, on_cpu=self.models_on_cpu,
+                                          cpu_partition=self.cpu_partition)
+            except RequestError as error:
+                self.errors[rule] = str(error)
+                notes = []
+            for note in notes:
+                if self.log is not None:
+                    self.log(note)
+        self.fitted[rule] = done
+        return done
+
+    def threads(self, rule: str, threads: int, *, local: int | None = None, **request: Any
+                ) -> int:
+        """The rule's ``threads:``: fitted on SLURM; ``local`` (or ``threads``) elsewhere."""
+        if not self.slurm:
+            return threads if local is None else local
+        fitted = self.request(rule, threads=threads, **request).threads
+        return threads if fitted is None else fitted
+
+    def resources(self, rule: str, *, threads: int, gpu: int = 0, gres: str = "",
+                  mem_mb: int | None = None, runtime: str | int | None = None
+                  ) -> dict[str, Any]:
+        """The rule's ``resources:`` (``**`` them in): the GPU request as the models need it
+        and, on SLURM, the partition, memory and wall time fitted to that partition."""
+        if not self.slurm:
+            on_gpu = not self.models_on_cpu
+            return {"gpu": gpu if on_gpu else 0, **({"gres": gres} if gres and on_gpu else {})}
+        done = self.request(rule, threads=threads, gpu=gpu, gres=gres, mem_mb=mem_mb,
+                            runtime=runtime)
+        values: dict[str, Any] = {"slurm_partition": done.partition, "gpu": done.gpus}
+        if done.gres:
+            values["gres"] = done.gres
+        if done.mem_mb is not None:
+            values["mem_mb"] = done.mem_mb
+        if done.runtime_min is not None:
+            values["runtime"] = done.runtime_min
+        return values
+
+    def check(self) -> None:
+        """:class:`RequestError` naming every rule whose request no node can meet."""
+        if self.errors:
+            raise RequestError("SLURM requests that no node can meet, nothing was submitted:"
+                               "\n  " + "\n  ".join(self.errors.values()))
+
+
+def minutes(runtime: str | int) -> int:
+    """A rule's wall time (``"24h"``, ``"30m"``, ``"1d"``, or minutes) in minutes."""
+    if isinstance(runtime, int):
+        return runtime
+    from snakemake.resources import Resource
+
+    return int(Resource.parse_human_friendly("runtime", runtime))
+
+
+def slurm_requests(workflow: Any, config: dict, log: Callable[[str], None],
+                   query: Callable[[], dict[str, Partition]] = query_partitions
+                   ) -> SlurmRequests:
+    """The workflow's :class:`SlurmRequests`, from public Snakemake settings only.
+
+    A SLURM run is one whose ``default-resources`` name a ``slurm_partition`` (the profile's
+    CPU partition); ``slurm_gpu_partition`` there names the GPU one. Whether the models run
+    on the CPU is decided once, from ``train.device`` (evaluation runs the checkpoint on the
+    device training used). The head process asks ``scontrol`` and passes the partitions to
+    its jobs in their environment (``sbatch --export=ALL``), so a job computes the same
+    threads as the head submitted.
+    """
+    defaults = workflow.resource_settings.default_resources
+    values = {name: profile_value(defaults.get(name)) if defaults is not None else None
+              for name in ("slurm_partition", "slurm_gpu_partition", "mem_mb", "runtime")}
+    models_on_cpu = (config.get("train") or {}).get("device") == "cpu"
+    cpu_partition = values["slurm_partition"]
+    if not cpu_partition:
+        return SlurmRequests(None, cpu_partition=None, gpu_partition=None,
+                             models_on_cpu=models_on_cpu, slurm=False)
+    head = workflow.is_main_process
+    partitions = None
+    if os.environ.get(PARTITIONS_ENV) and not head:
+        partitions = partitions_from_json(os.environ[PARTITIONS_ENV])
+    elif head and shutil.which("scontrol") is None:
         log("SLURM requests not checked against the partitions: scontrol not found")
-        return []
-    try:
-        partitions = query()
-    except (OSError, subprocess.SubprocessError) as error:
-        detail = getattr(error, "stderr", None) or error
-        log(f"SLURM requests not checked against the partitions: scontrol failed: {detail}")
-        return []
-    default_partition = _concrete(
-        workflow.resource_settings._parsed_default_resources.get("slurm_partition"),
-        "slurm_partition", None)
-    on_cpu = (config.get("train") or {}).get("device") == "cpu"
-    fitted, notes = fit_requests(requests, partitions, on_cpu=on_cpu,
-                                 cpu_partition=default_partition or None)
-    rules = {rule.name: rule for rule in workflow.rules}
-    for before, after in zip(requests, fitted, strict=True):
-        rule = rules[before.rule]
-        if after.partition != before.partition:
-            _set(workflow, rule, "slurm_partition", after.partition, after.partition)
-        if after.threads != before.threads:
-            _set(workflow, rule, "_cores", after.threads, after.threads)
-        if after.mem_mb != before.mem_mb:
-            key = "mem_mb" if "mem_mb" in rule.resources else "mem"
-            _set(workflow, rule, key, after.mem_mb, after.mem_mb)
-        if after.runtime_min != before.runtime_min:
-            _set(workflow, rule, "runtime", after.runtime_min, after.runtime_min)
-        if after.gpus != before.gpus:
-            _set(workflow, rule, "gpu", after.gpus, after.gpus)
-        if after.gres != before.gres:
-            _set(workflow, rule, "gres", "", "''")
-    for note in notes:
-        log(note)
-    return notes
+    elif head:
+        try:
+            partitions = query()
+            os.environ[PARTITIONS_ENV] = partitions_to_json(partitions)
+        except (OSError, subprocess.SubprocessError) as error:
+            detail = getattr(error, "stderr", None) or error
+            log(f"SLURM requests not checked against the partitions: scontrol failed: "
+                f"{detail}")
+    sizes = {k: v for k in ("mem_mb", "runtime") if isinstance(v := values[k], int)}
+    return SlurmRequests(partitions, cpu_partition=str(cpu_partition),
+                         gpu_partition=str(values["slurm_gpu_partition"] or cpu_partition),
+                         models_on_cpu=models_on_cpu, slurm=True,
+                         log=log if head else None, defaults=sizes)

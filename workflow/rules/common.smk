@@ -11,11 +11,7 @@ from snakemake.logging import logger
 from chexdino.config import PROMPT_KEYS, validate_config
 from chexdino.job_env import export_source_folder, put_planning_environment_first
 from chexdino.code_version import code_version
-from chexdino.slurm_check import (
-    RequestError,
-    check_workflow_requests,
-    processes_per_node,
-)
+from chexdino.slurm_check import RequestError, processes_per_node, slurm_requests
 
 # Schema plus cross-key and file checks; every problem is named by its dotted key.
 validate_config(
@@ -23,6 +19,12 @@ validate_config(
 )
 
 R = config["results"]
+
+
+# On SLURM (the profile's default-resources name a slurm_partition): the partitions, asked
+# of scontrol once; each submitted rule's threads: and resources: come from SLURM below,
+# fitted to its partition (chexdino.slurm_check).
+SLURM = slurm_requests(workflow, config, logger.warning)
 
 
 # Jobs run the chexdino of the environment that planned them, whatever the user's PATH.
@@ -211,30 +213,30 @@ def get_final_output():
 
 
 def check_slurm_requests():
-    """On SLURM, fit each rule's request to its partition or stop before submitting anything
-    (chexdino.slurm_check). Called at the end of the Snakefile, once every rule exists.
+    """On SLURM, stop before submitting anything where a rule's request cannot run on its
+    partition, every such rule named (chexdino.slurm_check). Called at the end of the
+    Snakefile, once every rule has asked for its resources.
     """
     try:
-        check_workflow_requests(workflow, config, logger.warning)
+        SLURM.check()
     except RequestError as error:
         raise WorkflowError(str(error)) from None
 
 
 onstart:
-    slurm_logs_follow_results()
+    slurm_log_folder()
 
 
-def slurm_logs_follow_results():
-    """SLURM's job logs go to <results>/logs/slurm unless slurm-logdir is set.
-
-    The plugin reads its log folder when the run starts, before any job is submitted and
-    after this config is known; it has no setting relative to the results folder.
-    """
+def slurm_log_folder():
+    """SLURM's job logs go where the plugin's slurm-logdir setting says (the profile:
+    results/logs/slurm, the default results folder's). A warning where that is not under
+    this config's results folder, with the option that puts them there."""
     settings = workflow.executor_settings
-    if getattr(settings, "logdir", True) is not None:
-        return  # not SLURM, or slurm-logdir given
-    executor = getattr(workflow.scheduler, "_executor", None)
-    if hasattr(executor, "slurm_logdir"):
-        executor.slurm_logdir = Path(R, "logs", "slurm").resolve()
-    else:
-        logger.warning(f"SLURM job logs: in the plugin's default folder, not under {R}")
+    if not hasattr(settings, "logdir"):
+        return  # not SLURM
+    folder = Path(settings.logdir or ".snakemake/slurm_logs").resolve()
+    if not folder.is_relative_to(Path(R).resolve()):
+        logger.warning(
+            f"SLURM job logs: in {folder}, not under {R}; "
+            f"--slurm-logdir {R}/logs/slurm puts them with the results"
+        )

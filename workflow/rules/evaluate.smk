@@ -30,10 +30,10 @@ rule evaluate:
         f"{R}/logs/evaluate/{{evalset}}.log",
     conda:
         "../../environment.yml"
-    # Capped at --cores locally; on SLURM the profile's set-threads applies.
-    threads: 8
+    # Capped at --cores locally; on SLURM fitted to the partition's nodes (common.smk).
+    threads: SLURM.threads("evaluate", 8, gpu=1, mem_mb=64000, runtime="2h")
     resources:
-        gpu=1,
+        **SLURM.resources("evaluate", threads=8, gpu=1, mem_mb=64000, runtime="2h"),
     # Input size, precision and device come with the checkpoint (what training used).
     params:
         code=stage_code("evaluate"),
@@ -65,9 +65,9 @@ rule retrieval:
         f"{R}/logs/retrieval.log",
     conda:
         "../../environment.yml"
-    threads: 8
+    threads: SLURM.threads("retrieval", 8, gpu=1)
     resources:
-        gpu=1,
+        **SLURM.resources("retrieval", threads=8, gpu=1),
     # Only the evaluate keys retrieval reads (other settings do not rerun it); input size,
     # precision and device come with the checkpoint.
     params:
@@ -124,9 +124,9 @@ rule evaluate_model:
         other="[A-Za-z0-9_-]+",
     conda:
         "../../environment.yml"
-    threads: 8
+    threads: SLURM.threads("evaluate_model", 8, gpu=1)
     resources:
-        gpu=1,
+        **SLURM.resources("evaluate_model", threads=8, gpu=1),
     # The folder brings its input size (and a chexdino export its precision).
     params:
         code=stage_code("evaluate"),

@@ -26,7 +26,9 @@ rule export:
         "../../environment.yml"
     params:
         code=stage_code("export"),
-        results=R,
+        results=lambda wildcards, input: os.path.dirname(
+            os.path.dirname(input.checkpoints)
+        ),
         evaluate=as_json(config["evaluate"]),
         select=as_json(config["select"]),
         out_dir=lambda wildcards, output: os.path.dirname(output.weights),

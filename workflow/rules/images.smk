@@ -14,7 +14,10 @@ rule image_shard:
         f"{R}/logs/image_shard/{{dataset}}/{{scatteritem}}.log",
     conda:
         "../../environment.yml"
-    threads: 2
+    # 2 decode threads locally (shards run side by side), 8 per SLURM job, fitted there.
+    threads: SLURM.threads("image_shard", 8, local=2, mem_mb=16000, runtime="4h")
+    resources:
+        **SLURM.resources("image_shard", threads=8, mem_mb=16000, runtime="4h"),
     params:
         code=stage_code("images"),
         images=as_json(config["images"]),
@@ -35,6 +38,8 @@ rule gather_images:
         f"{R}/logs/gather_images/{{dataset}}.log",
     conda:
         "../../environment.yml"
+    resources:
+        **SLURM.resources("gather_images", threads=1, mem_mb=16000, runtime="4h"),
     params:
         code=stage_code("h5store"),
     shell:

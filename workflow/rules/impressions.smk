@@ -14,6 +14,8 @@ rule impressions:
         f"{R}/logs/impressions.log",
     conda:
         "../../environment.yml"
+    resources:
+        **SLURM.resources("impressions", threads=1, mem_mb=8000, runtime="2h"),
     params:
         code=stage_code("impressions"),
         report_root=lambda wildcards: config["mimic"]["report_root"],
@@ -33,6 +35,8 @@ rule tokens:
         f"{R}/logs/tokens.log",
     conda:
         "../../environment.yml"
+    resources:
+        **SLURM.resources("tokens", threads=1, mem_mb=16000),
     params:
         code=stage_code("tokens"),
         reports=as_json(config["reports"]),

@@ -13,9 +13,9 @@ rule embed:
         f"{R}/logs/embed/{{dataset_split}}.log",
     conda:
         "../../environment.yml"
-    threads: 8
+    threads: SLURM.threads("embed", 8, gpu=1, mem_mb=64000, runtime="2h")
     resources:
-        gpu=1,
+        **SLURM.resources("embed", threads=8, gpu=1, mem_mb=64000, runtime="2h"),
     # Input size, precision and device come with the checkpoint (what training used).
     params:
         code=stage_code("embeddings"),
@@ -56,7 +56,9 @@ rule linear_probe:
         f"{R}/logs/linear_probe.log",
     conda:
         "../../environment.yml"
-    threads: 4
+    threads: SLURM.threads("linear_probe", 4, mem_mb=16000)
+    resources:
+        **SLURM.resources("linear_probe", threads=4, mem_mb=16000),
     params:
         code=stage_code("linear_probe"),
         probe=as_json(config["linear_probe"]),

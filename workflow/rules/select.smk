@@ -15,6 +15,8 @@ rule select_mimic:
         f"{R}/logs/select_mimic.log",
     conda:
         "../../environment.yml"
+    resources:
+        **SLURM.resources("select_mimic", threads=1, mem_mb=16000),
     params:
         code=stage_code("selection"),
         # Folders holding many files (not inputs of this rule): passed as plain values.
@@ -67,6 +69,8 @@ rule select_rsna_pneumonia:
         f"{R}/logs/select_rsna_pneumonia.log",
     conda:
         "../../environment.yml"
+    resources:
+        **SLURM.resources("select_rsna_pneumonia", threads=1, mem_mb=8000),
     params:
         code=stage_code("evalsets"),
         settings=evalset_selection("rsna_pneumonia"),
@@ -87,6 +91,8 @@ rule select_siim_pneumothorax:
         f"{R}/logs/select_siim_pneumothorax.log",
     conda:
         "../../environment.yml"
+    resources:
+        **SLURM.resources("select_siim_pneumothorax", threads=1, mem_mb=8000),
     params:
         code=stage_code("evalsets"),
         settings=evalset_selection("siim_pneumothorax"),

@@ -26,6 +26,8 @@ rule dataset_summary:
         f"{R}/logs/dataset_summary.log",
     conda:
         "../../environment.yml"
+    resources:
+        **SLURM.resources("dataset_summary", threads=1, mem_mb=16000),
     params:
         code=stage_code("dataset_summary"),
         report=as_json(config.get("report") or {}),

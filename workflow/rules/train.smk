@@ -7,6 +7,11 @@ import signal
 signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
+# The whole MIMIC-CXR: the uint8 store (~38.6 GB) is held in RAM / GPU memory; 25k steps
+# take 20-35 min on one H100, the rest of the 24 h is margin. More GPUs: README, "Several GPUs".
+TRAIN_REQUEST = dict(threads=8, gpu=1, mem_mb=96000, runtime="24h")
+
+
 rule train:
     input:
         cxr=f"{R}/mimic/cxr.h5",
@@ -22,10 +27,10 @@ rule train:
         f"{R}/logs/train.log",
     conda:
         "../../environment.yml"
-    # Capped at --cores locally; on SLURM the profile's set-threads applies.
-    threads: 8
+    # Capped at --cores locally; on SLURM fitted to the partition's nodes (common.smk).
+    threads: SLURM.threads("train", **TRAIN_REQUEST)
     resources:
-        gpu=1,
+        **SLURM.resources("train", **TRAIN_REQUEST),
         nodes=1,
     params:
         code=stage_code("train"),
