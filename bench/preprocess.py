@@ -33,12 +33,14 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from chexdino.config import ImagesConfig
 from chexdino.demo import StudySigns, render_frontal
 from chexdino.dicom import read_dicom
 from chexdino.images import load_cxr, resize_and_pad
 
 ROWS, COLS = 3056, 2544  # MIMIC-CXR's most common portrait frame
-SIZE = 320
+IMAGES = ImagesConfig.from_section()  # config.yaml's images: section
+SIZE = IMAGES.size
 JPEG_QUALITY = 90  # gives ~1.5 MB for this film, the MIMIC-CXR-JPG average
 STORED_LOW, STORED_SPAN = 200, 3600  # 12-bit stored values of the film
 WINDOW = (2000.0, 3000.0)  # centre / width: clips a little at both ends, as real films do
@@ -132,11 +134,11 @@ def dicom_read_only(path: Path) -> None:
 
 def chexdino_full_resolution(path: Path) -> np.ndarray:
     """Display image of the whole frame, then resize: the DICOM path before reduce-first."""
-    return resize_and_pad(read_dicom(path), SIZE)
+    return resize_and_pad(read_dicom(path, IMAGES.max_frame_pixels), SIZE)
 
 
 def chexdino(path: Path) -> np.ndarray:
-    return load_cxr(path, SIZE)[0]
+    return load_cxr(path, SIZE, IMAGES.max_frame_pixels)[0]
 
 
 # --- timing --------------------------------------------------------------------------------

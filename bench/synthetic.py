@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from chexdino import COMPETITION_LABELS, LABELS, h5store
+from chexdino.config import ReportsConfig
 from chexdino.tokens import _write_tokens, tokenize
 
 PHRASES = {
@@ -51,6 +52,7 @@ def make_store(out_dir: Path, n_train: int, n_val: int, size: int = 320,
     out_dir.mkdir(parents=True, exist_ok=True)
     cxr, tokens = out_dir / "cxr.h5", out_dir / "tokens.h5"
     h5store.write_store(cxr, images, meta, size)
-    _write_tokens(tokens, tokenize(texts).numpy().astype(np.int32), np.ones(n, dtype=bool),
-                  meta["dicom_id"], pd.Series(["impression"] * n))
+    context_length = ReportsConfig.from_section().context_length
+    _write_tokens(tokens, tokenize(texts, context_length).numpy().astype(np.int32),
+                  np.ones(n, dtype=bool), meta["dicom_id"], pd.Series(["impression"] * n))
     return cxr, tokens

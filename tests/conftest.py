@@ -22,12 +22,23 @@ import pytest
 import yaml
 
 from chexdino import LABELS, h5store
+from chexdino.config import shipped_section
 from chexdino.tokens import _write_tokens, tokenize
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 BINDIR = Path(sys.executable).parent  # this environment's scripts: snakemake, chexdino
+
+# config.yaml's values, for tests that call a stage's functions directly: signatures state no
+# defaults of their own (the config is the one place they live).
+MAX_FRAME_PIXELS = shipped_section("images")["max_frame_pixels"]
+STORE_SIZE = shipped_section("images")["size"]
+CONTEXT_LENGTH = shipped_section("reports")["context_length"]
+NORMALIZE = shipped_section("train")["normalize"]
+BOOTSTRAP = shipped_section("evaluate")["bootstrap"]
+SEED = shipped_section("evaluate")["seed"]
+UNCERTAIN = shipped_section("evaluate")["uncertain"]
 
 TINY_MODEL = {
     "embed_dim": 32,
@@ -170,7 +181,8 @@ def build_tiny_store(tmp_path):
     tokens = tmp_path / "tokens.h5"
     has_text = np.ones(n, dtype=bool)
     has_text[5] = False  # a training row without text is never used
-    _write_tokens(tokens, tokenize(texts).numpy().astype(np.int32), has_text, meta["dicom_id"],
+    _write_tokens(tokens, tokenize(texts, context_length=CONTEXT_LENGTH).numpy().astype(np.int32),
+                  has_text, meta["dicom_id"],
                   pd.Series(["impression"] * n))
     return cxr, tokens
 

@@ -13,6 +13,7 @@ import torch
 from chexdino import metrics, scorecard, zeroshot
 from chexdino.evaluate import log_chance_flags
 from chexdino.run_summary import landing_summary
+from conftest import SEED
 
 
 def no_finding_probabilities(positive: list[str], negative: list[str]) -> tuple[np.ndarray,
@@ -35,11 +36,11 @@ def no_finding_probabilities(positive: list[str], negative: list[str]) -> tuple[
 def test_inverted_no_finding_prompts_are_flagged_everywhere(tmp_path, caplog):
     good, y = no_finding_probabilities(["no acute cardiopulmonary process"],
                                        ["acute cardiopulmonary process"])
-    table = metrics.auroc_table(good, y, ["No Finding"], n_bootstrap=200)
+    table = metrics.auroc_table(good, y, ["No Finding"], n_bootstrap=200, seed=SEED)
     assert table.loc[0, "auroc"] > 0.8 and table.loc[0, "flag"] == ""
 
     chexzero, _ = no_finding_probabilities(["no finding"], ["no no finding"])
-    table = metrics.auroc_table(chexzero, y, ["No Finding"], n_bootstrap=200)
+    table = metrics.auroc_table(chexzero, y, ["No Finding"], n_bootstrap=200, seed=SEED)
     assert table.loc[0, "ci_high"] < 0.5 and table.loc[0, "flag"] == metrics.BELOW_CHANCE
     summary = metrics.headline(table, [])
     summary["flags"] = metrics.chance_flags(table)

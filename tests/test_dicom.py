@@ -26,6 +26,7 @@ from chexdino.demo import StudySigns, render_frontal
 from chexdino.dicom import block_mean, read_dicom, read_dicom_reduced, reduction_factor
 from chexdino.errors import ImageReadError
 from chexdino.images import load_cxr, resize_and_pad
+from conftest import MAX_FRAME_PIXELS
 
 DX_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
 
@@ -97,7 +98,7 @@ def linear_window(values: np.ndarray, center: float, width: float) -> np.ndarray
 
 def test_monochrome1_chest_film_shows_dark_lungs_and_bright_mediastinum():
     # RG1_UNCR: a real CR chest PA, MONOCHROME1 (air is stored bright), 15-bit, windowed.
-    image = read_dicom(corpus("RG1_UNCR.dcm"))
+    image = read_dicom(corpus("RG1_UNCR.dcm"), max_frame_pixels=MAX_FRAME_PIXELS)
     raw = stored_pixels("RG1_UNCR.dcm")
 
     def lungs_and_mediastinum(a: np.ndarray) -> tuple[float, float, float]:
@@ -134,16 +135,18 @@ def test_monochrome1_chest_film_shows_dark_lungs_and_bright_mediastinum():
 def test_compressed_file_decodes_to_the_same_picture_as_its_uncompressed_twin(
     compressed: str, uncompressed: str
 ):
-    image = read_dicom(corpus(compressed))
-    twin = read_dicom(corpus(uncompressed))
+    image = read_dicom(corpus(compressed), max_frame_pixels=MAX_FRAME_PIXELS)
+    twin = read_dicom(corpus(uncompressed), max_frame_pixels=MAX_FRAME_PIXELS)
     assert image.dtype == np.uint8
     assert image.std() > 10  # a real picture, not a flat frame
     np.testing.assert_array_equal(image, twin)
 
 
 def test_jpeg_extended_12bit_lossy_matches_its_lossless_twin_closely():
-    lossy = read_dicom(corpus("JPGExtended.dcm")).astype(np.float64)
-    lossless = read_dicom(corpus("JPEG-LL.dcm")).astype(np.float64)
+    lossy = read_dicom(corpus("JPGExtended.dcm"),
+                       max_frame_pixels=MAX_FRAME_PIXELS).astype(np.float64)
+    lossless = read_dicom(corpus("JPEG-LL.dcm"),
+                          max_frame_pixels=MAX_FRAME_PIXELS).astype(np.float64)
     assert np.abs(lossy - lossless).mean() < 4
     assert np.corrcoef(lossy.ravel(), lossless.ravel())[0, 1] > 0.98
 
@@ -161,7 +164,7 @@ def test_jpeg_baseline_pixel_data_decodes_like_pillow(tmp_path: Path):
         pixel_data=encapsulate([jpeg]),
     )
     expected = min_max_uint8(np.asarray(Image.open(io.BytesIO(jpeg)), dtype=np.float64))
-    decoded = read_dicom(path)
+    decoded = read_dicom(path, max_frame_pixels=MAX_FRAME_PIXELS)
     assert np.abs(decoded - expected).mean() < 0.5  # libjpeg vs libjpeg-turbo IDCT
 
 
@@ -170,7 +173,7 @@ def test_window_and_rescale_are_applied_and_saturate():
     ds = dcmread(corpus("693_UNCR.dcm"))
     hounsfield = stored_pixels("693_UNCR.dcm") * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
     expected = linear_window(hounsfield, float(ds.WindowCenter), float(ds.WindowWidth))
-    image = read_dicom(corpus("693_UNCR.dcm"))
+    image = read_dicom(corpus("693_UNCR.dcm"), max_frame_pixels=MAX_FRAME_PIXELS)
     assert (image == 0).mean() > 0.1 and (image == 255).mean() > 0.01
     assert np.abs(image - expected).max() <= 1
 
@@ -181,7 +184,8 @@ def test_first_of_several_windows_is_used():
     assert len(ds.WindowCenter) == 2
     values = stored_pixels("bad_sequence.dcm") * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
     expected = linear_window(values, float(ds.WindowCenter[0]), float(ds.WindowWidth[0]))
-    assert np.abs(read_dicom(corpus("bad_sequence.dcm")) - expected).max() <= 1
+    assert np.abs(read_dicom(corpus("bad_sequence.dcm"),
+                             max_frame_pixels=MAX_FRAME_PIXELS) - expected).max() <= 1
 
 
 def test_voi_lut_sequence_is_applied_and_saturates():
@@ -191,7 +195,7 @@ def test_voi_lut_sequence_is_applied_and_saturates():
     lut = np.asarray(item.LUTData, dtype=np.float64)
     index = np.clip(stored_pixels("vlut_04.dcm") - first_input, 0, count - 1).astype(int)
     expected = np.rint((lut[index] - lut.min()) / (lut.max() - lut.min()) * 255)
-    image = read_dicom(corpus("vlut_04.dcm"))
+    image = read_dicom(corpus("vlut_04.dcm"), max_frame_pixels=MAX_FRAME_PIXELS)
     assert (image == 0).mean() > 0.05 and (image == 255).mean() > 0.05
     assert np.abs(image - expected).max() <= 1
 
@@ -208,7 +212,7 @@ def test_voi_lut_sequence_is_applied_and_saturates():
 def test_files_without_a_window_use_the_full_range_of_their_pixels(name: str):
     ds = dcmread(corpus(name))
     assert "WindowCenter" not in ds and "VOILUTSequence" not in ds
-    image = read_dicom(corpus(name))
+    image = read_dicom(corpus(name), max_frame_pixels=MAX_FRAME_PIXELS)
     assert image.min() == 0 and image.max() == 255
     assert np.abs(image - min_max_uint8(stored_pixels(name))).max() <= 1
 
@@ -227,7 +231,7 @@ def test_files_without_a_window_use_the_full_range_of_their_pixels(name: str):
 )
 def test_unusable_corpus_files_are_rejected_with_a_reason(name: str, reason: str):
     with pytest.raises(ImageReadError) as caught:
-        read_dicom(corpus(name))
+        read_dicom(corpus(name), max_frame_pixels=MAX_FRAME_PIXELS)
     assert reason in caught.value.reason
     assert caught.value.path == corpus(name)
 
@@ -250,7 +254,8 @@ def test_monochrome1_and_monochrome2_of_one_picture_decode_identically(
     mono1 = write_dicom(
         tmp_path / "m1.dcm", inverted, "MONOCHROME1", bits_stored=12, **mono1_window
     )
-    image2, image1 = read_dicom(mono2), read_dicom(mono1)
+    image2 = read_dicom(mono2, max_frame_pixels=MAX_FRAME_PIXELS)
+    image1 = read_dicom(mono1, max_frame_pixels=MAX_FRAME_PIXELS)
     assert image2.std() > 30
     assert np.abs(image1.astype(int) - image2).max() <= 1
     # bright where the MONOCHROME2 stored value is high
@@ -268,16 +273,17 @@ def test_rescale_slope_and_intercept_are_applied_before_the_window(tmp_path: Pat
         tmp_path / "rescaled.dcm", halved, RescaleSlope=2, RescaleIntercept=100, **window
     )
     expected = linear_window(picture_back, 2048.0, 1024.0)
-    image = read_dicom(rescaled)
+    image = read_dicom(rescaled, max_frame_pixels=MAX_FRAME_PIXELS)
     assert np.abs(image - expected).max() <= 1
-    assert np.abs(image.astype(int) - read_dicom(plain)).max() <= 2  # <= 1 stored step
+    full = read_dicom(plain, max_frame_pixels=MAX_FRAME_PIXELS)
+    assert np.abs(image.astype(int) - full).max() <= 2  # <= 1 stored step
     assert (image == 0).any() and (image == 255).any()
 
 
 def test_signed_pixels_without_window_map_to_full_range(tmp_path: Path):
     picture = (smooth_picture().astype(np.int32) - 3000).astype(np.int16)  # -3000..1095
     path = write_dicom(tmp_path / "signed.dcm", picture, bits_stored=13)
-    image = read_dicom(path)
+    image = read_dicom(path, max_frame_pixels=MAX_FRAME_PIXELS)
     np.testing.assert_allclose(image, min_max_uint8(picture.astype(np.float64)), atol=1)
     assert image[picture == picture.min()].max() == 0
     assert image[picture == picture.max()].min() == 255
@@ -288,7 +294,7 @@ def test_truncated_pixel_data_is_rejected_as_truncated(tmp_path: Path):
     cut = tmp_path / "cut.dcm"
     cut.write_bytes(whole[: len(whole) - 500])
     with pytest.raises(ImageReadError, match="truncated pixel data"):
-        read_dicom(cut)
+        read_dicom(cut, max_frame_pixels=MAX_FRAME_PIXELS)
 
 
 def test_file_cut_before_its_pixel_data_is_rejected_as_truncated(tmp_path: Path):
@@ -297,14 +303,14 @@ def test_file_cut_before_its_pixel_data_is_rejected_as_truncated(tmp_path: Path)
     cut = tmp_path / "cut.dcm"
     cut.write_bytes(whole[: len(whole) - picture.nbytes - 12])  # drop the pixel element
     with pytest.raises(ImageReadError, match="truncated"):
-        read_dicom(cut)
+        read_dicom(cut, max_frame_pixels=MAX_FRAME_PIXELS)
 
 
 def test_text_file_named_dcm_is_not_a_dicom_file(tmp_path: Path):
     path = tmp_path / "report.dcm"
     path.write_text("FINDINGS: no acute cardiopulmonary process.\n")
     with pytest.raises(ImageReadError, match="not a DICOM file") as caught:
-        read_dicom(path)
+        read_dicom(path, max_frame_pixels=MAX_FRAME_PIXELS)
     assert caught.value.path == str(path)
 
 
@@ -317,13 +323,13 @@ def test_corrupt_header_element_is_rejected_with_a_reason(tmp_path: Path):
     bad = tmp_path / "bad.dcm"
     bad.write_bytes(whole.replace(element, b"\x28\x00\x04\x00C8"))
     with pytest.raises(ImageReadError, match="unreadable DICOM header"):
-        read_dicom(bad)
+        read_dicom(bad, max_frame_pixels=MAX_FRAME_PIXELS)
 
 
 def test_blank_frame_is_rejected_not_stored_as_a_flat_image(tmp_path: Path):
     path = write_dicom(tmp_path / "blank.dcm", np.full((32, 32), 7, dtype=np.uint16))
     with pytest.raises(ImageReadError, match="blank image"):
-        read_dicom(path)
+        read_dicom(path, max_frame_pixels=MAX_FRAME_PIXELS)
 
 
 def test_transfer_syntax_without_a_decoder_is_named(tmp_path: Path):
@@ -335,7 +341,7 @@ def test_transfer_syntax_without_a_decoder_is_named(tmp_path: Path):
         pixel_data=encapsulate([b"\x00" * 64]),
     )
     with pytest.raises(ImageReadError, match="unsupported transfer syntax 'MPEG2"):
-        read_dicom(path)
+        read_dicom(path, max_frame_pixels=MAX_FRAME_PIXELS)
 
 
 def test_bits_above_bits_stored_are_ignored(tmp_path: Path):
@@ -345,7 +351,8 @@ def test_bits_above_bits_stored_are_ignored(tmp_path: Path):
     overlaid[10:20, 10:60] |= 0x8000
     clean = write_dicom(tmp_path / "clean.dcm", picture, bits_stored=12)
     dirty = write_dicom(tmp_path / "dirty.dcm", overlaid, bits_stored=12)
-    np.testing.assert_array_equal(read_dicom(dirty), read_dicom(clean))
+    np.testing.assert_array_equal(read_dicom(dirty, max_frame_pixels=MAX_FRAME_PIXELS),
+                                  read_dicom(clean, max_frame_pixels=MAX_FRAME_PIXELS))
 
 
 def test_signed_values_without_sign_extension_are_sign_extended(tmp_path: Path):
@@ -354,8 +361,8 @@ def test_signed_values_without_sign_extension_are_sign_extended(tmp_path: Path):
     extended = write_dicom(tmp_path / "extended.dcm", picture, bits_stored=12)
     raw = (picture.view(np.uint16) & 0x0FFF).tobytes()
     packed = write_dicom(tmp_path / "packed.dcm", picture, bits_stored=12, pixel_data=raw)
-    image = read_dicom(packed)
-    np.testing.assert_array_equal(image, read_dicom(extended))
+    image = read_dicom(packed, max_frame_pixels=MAX_FRAME_PIXELS)
+    np.testing.assert_array_equal(image, read_dicom(extended, max_frame_pixels=MAX_FRAME_PIXELS))
     assert image[picture == picture.min()].max() == 0  # -2048 is the darkest, not 2048
 
 
@@ -418,11 +425,11 @@ def test_reduced_path_matches_the_full_resolution_path_on_a_mimic_sized_film(
     tmp_path: Path, photometric: str
 ):
     path = chest_dicom(tmp_path / "film.dcm", photometric)
-    film = read_dicom_reduced(path, min_long_side=640)
+    film = read_dicom_reduced(path, min_long_side=640, max_frame_pixels=MAX_FRAME_PIXELS)
     assert film.factor == 4 and film.source_shape == (3056, 2544)
     assert film.image.shape == (764, 636)
-    fast, source_shape = load_cxr(path, 320)
-    full = resize_and_pad(read_dicom(path), 320).astype(np.int16)
+    fast, source_shape = load_cxr(path, 320, max_frame_pixels=MAX_FRAME_PIXELS)
+    full = resize_and_pad(read_dicom(path, max_frame_pixels=MAX_FRAME_PIXELS), 320).astype(np.int16)
     assert source_shape == (3056, 2544)
     diff = np.abs(fast - full)
     assert diff.mean() < 1.0 and np.percentile(diff, 99) <= 2 and diff.max() <= 6
@@ -434,8 +441,8 @@ def test_narrow_window_is_looked_up_before_averaging(tmp_path: Path):
     # a 150-wide window saturates most of the film: averaging stored values first would put
     # 2 % of the reduced pixels more than 4 grey levels off (up to 84) along its edges
     path = chest_dicom(tmp_path / "narrow.dcm", "MONOCHROME2", center=1500.0, width=150.0)
-    fast, _ = load_cxr(path, 320)
-    full = resize_and_pad(read_dicom(path), 320).astype(np.int16)
+    fast, _ = load_cxr(path, 320, max_frame_pixels=MAX_FRAME_PIXELS)
+    full = resize_and_pad(read_dicom(path, max_frame_pixels=MAX_FRAME_PIXELS), 320).astype(np.int16)
     diff = np.abs(fast - full)
     assert (full == 0).mean() > 0.2 and (full == 255).mean() > 0.2  # mostly saturated
     assert diff.mean() < 0.5 and diff.max() <= 8
@@ -460,9 +467,11 @@ def test_narrow_window_is_looked_up_before_averaging(tmp_path: Path):
 def test_reduced_path_matches_the_full_resolution_path_on_corpus_films(
     name: str, size: int, mean_error: float
 ):
-    fast, _ = load_cxr(corpus(name), size)
-    assert read_dicom_reduced(corpus(name), 2 * size).factor > 1  # the reduced path ran
-    full = resize_and_pad(read_dicom(corpus(name)), size).astype(np.int16)
+    fast, _ = load_cxr(corpus(name), size, max_frame_pixels=MAX_FRAME_PIXELS)
+    assert read_dicom_reduced(corpus(name), 2 * size,
+                              max_frame_pixels=MAX_FRAME_PIXELS).factor > 1  # the reduced path ran
+    full = resize_and_pad(read_dicom(corpus(name), max_frame_pixels=MAX_FRAME_PIXELS),
+                          size).astype(np.int16)
     assert np.abs(fast - full).mean() < mean_error
 
 
@@ -492,17 +501,17 @@ def test_pixel_data_longer_than_the_header_says_is_rejected(
     # about "excess padding" and decodes a sheared or cropped chest
     path = rewrite_header(corpus("RG1_UNCR.dcm"), tmp_path / "film.dcm", **change)
     with pytest.raises(ImageReadError, match="pixel data is longer than the header says") as caught:
-        read_dicom(path)
+        read_dicom(path, max_frame_pixels=MAX_FRAME_PIXELS)
     assert f"needs {expected_bytes:,}" in caught.value.reason
     with pytest.raises(ImageReadError, match="longer than the header"):
-        load_cxr(path, 64)
+        load_cxr(path, 64, max_frame_pixels=MAX_FRAME_PIXELS)
 
 
 def test_odd_sized_8bit_frame_with_its_one_pad_byte_is_kept(tmp_path: Path):
     picture = smooth_picture(9, 11, top=255).astype(np.uint8)  # 99 bytes, stored padded to 100
     path = write_dicom(tmp_path / "odd.dcm", picture)
     assert len(dcmread(path).PixelData) == 100
-    assert read_dicom(path).shape == (9, 11)
+    assert read_dicom(path, max_frame_pixels=MAX_FRAME_PIXELS).shape == (9, 11)
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR DS")  # pydicom on NaN / inf
@@ -522,7 +531,7 @@ def test_non_finite_window_or_rescale_is_rejected_not_windowed_to_black(
 ):
     path = write_dicom(tmp_path / "film.dcm", smooth_picture(), bits_stored=12, **attributes)
     with pytest.raises(ImageReadError, match=reason):
-        read_dicom(path)
+        read_dicom(path, max_frame_pixels=MAX_FRAME_PIXELS)
 
 
 def test_window_outside_every_pixel_value_is_rejected_as_a_blank_display(tmp_path: Path):
@@ -531,7 +540,7 @@ def test_window_outside_every_pixel_value_is_rejected_as_a_blank_display(tmp_pat
                           WindowCenter=60000.0, WindowWidth=100.0)
     with pytest.raises(ImageReadError, match="blank display: every pixel shows grey level 0") \
             as caught:
-        load_cxr(path, 64)
+        load_cxr(path, 64, max_frame_pixels=MAX_FRAME_PIXELS)
     assert "window (center 60000.0, width 100.0) lies outside" in caught.value.reason
 
 
@@ -550,7 +559,7 @@ def test_huge_frame_claim_is_refused_before_any_decoder_allocates_it(tmp_path: P
     tracemalloc.start()
     try:
         with pytest.raises(ImageReadError) as caught:
-            load_cxr(path, 320)
+            load_cxr(path, 320, max_frame_pixels=MAX_FRAME_PIXELS)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -580,7 +589,7 @@ def test_missing_photometric_interpretation_is_not_called_colour(tmp_path: Path)
     del ds.PhotometricInterpretation
     ds.save_as(path)
     with pytest.raises(ImageReadError) as caught:
-        read_dicom(path)
+        read_dicom(path, max_frame_pixels=MAX_FRAME_PIXELS)
     assert caught.value.reason.startswith("PhotometricInterpretation missing")
     assert "colour" not in caught.value.reason
 
@@ -591,7 +600,7 @@ def test_truncated_compressed_stream_is_called_truncated(tmp_path: Path, name: s
     cut = tmp_path / name
     cut.write_bytes(raw[: int(len(raw) * 0.7)])  # inside the encapsulated pixel data
     with pytest.raises(ImageReadError) as caught:
-        read_dicom(cut)
+        read_dicom(cut, max_frame_pixels=MAX_FRAME_PIXELS)
     assert caught.value.reason == (
         "truncated file: it ends inside its compressed pixel data (or a sequence)")
 
@@ -609,7 +618,7 @@ def test_header_size_that_disagrees_with_compressed_data_is_named(
 ):
     path = rewrite_header(corpus(name), tmp_path / name, Rows=rows, Columns=cols)
     with pytest.raises(ImageReadError) as caught:
-        read_dicom(path)
+        read_dicom(path, max_frame_pixels=MAX_FRAME_PIXELS)
     reason = caught.value.reason
     assert f"header's image size (Rows x Columns {rows} x {cols}) does not match" in reason
     assert f"decodes to {decoded:,} values" in reason
@@ -620,7 +629,7 @@ def test_rle_header_smaller_than_its_data_is_a_reject_not_a_crash(tmp_path: Path
     # pylibjpeg-rle panics (a BaseException from Rust) on this file: the shard must go on
     path = rewrite_header(corpus("MR_small_RLE.dcm"), tmp_path / "rle.dcm", Rows=61)
     with pytest.raises(ImageReadError, match="decoder crashed .*header image size \\(61 x 64\\)"):
-        read_dicom(path)
+        read_dicom(path, max_frame_pixels=MAX_FRAME_PIXELS)
 
 
 def without_preamble(source: str, path: Path) -> Path:
@@ -636,7 +645,9 @@ def without_preamble(source: str, path: Path) -> Path:
 
 def test_old_file_without_preamble_is_read(tmp_path: Path):
     path = without_preamble(corpus("MR_small.dcm"), tmp_path / "old.dcm")
-    np.testing.assert_array_equal(read_dicom(path), read_dicom(corpus("MR_small.dcm")))
+    np.testing.assert_array_equal(read_dicom(path, max_frame_pixels=MAX_FRAME_PIXELS),
+                                  read_dicom(corpus("MR_small.dcm"),
+                                             max_frame_pixels=MAX_FRAME_PIXELS))
     # a real file of that kind from the corpus is read too (and rejected for being colour)
     with pytest.raises(ImageReadError, match="colour image .*PALETTE COLOR"):
-        read_dicom(corpus("OT-PAL-8-face.dcm"))
+        read_dicom(corpus("OT-PAL-8-face.dcm"), max_frame_pixels=MAX_FRAME_PIXELS)

@@ -17,6 +17,7 @@ from chexdino.evalsets import (
     select_siim_pneumothorax,
 )
 from chexdino.tables import MANIFEST_COLUMNS, SELECT_REJECT_COLUMNS
+from conftest import MAX_FRAME_PIXELS
 
 COMPETITION = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
 
@@ -110,7 +111,8 @@ def test_rsna_films_go_through_the_images_stage(tmp_path):
     write_dicom(root / "p1.dcm")
     (root / "p2.dcm").write_bytes(b"not a DICOM file\n")
     manifest, _ = select_rsna_pneumonia(tmp_path / "labels.csv", root)
-    counts = process_shard(manifest, tmp_path / "s.h5", tmp_path / "r.csv", size=32)
+    counts = process_shard(manifest, tmp_path / "s.h5", tmp_path / "r.csv", size=32,
+                           max_frame_pixels=MAX_FRAME_PIXELS)
     assert counts == {"input": 2, "kept": 1, "rejected": 1}
     assert read_meta(tmp_path / "s.h5")["Pneumonia"].tolist() == [0.0]
     assert pd.read_csv(tmp_path / "r.csv")["dicom_id"].tolist() == ["p2"]
@@ -205,4 +207,4 @@ def test_accuracy_by_hand():
     again = class_accuracy(probs, ["A", "B", "C", "C", "B"], classes, n_bootstrap=50, seed=1)
     assert again.equals(table)
     with pytest.raises(ValueError, match="not among"):
-        class_accuracy(probs, ["A", "B", "C", "C", "D"], classes)
+        class_accuracy(probs, ["A", "B", "C", "C", "D"], classes, n_bootstrap=5, seed=1)

@@ -17,8 +17,9 @@ from chexdino.model_files import load_exported
 from chexdino.modelcard import model_card
 from chexdino.tokens import tokenize
 from chexdino.transforms import eval_transform
+from conftest import CONTEXT_LENGTH, MAX_FRAME_PIXELS, NORMALIZE, SEED
 
-SETTINGS = {"store_size": 320, "input_size": 64, "labels": ["Edema"],
+SETTINGS = {"store_size": 320, "input_size": 64, "labels": ["Edema"], "precision": "fp32",
             "evaluate": {"positive_templates": ["{}"], "negative_templates": ["no {}"]}}
 TEXTS = ["no acute cardiopulmonary process", "moderate left pleural effusion", "edema"]
 
@@ -44,7 +45,8 @@ def _checkpoint(tmp_path, vision: dict):
 def _inputs():
     films = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (3, 320, 320),
                                                                dtype=np.uint8))
-    return eval_transform(films, SETTINGS["input_size"]), tokenize(TEXTS)
+    images = eval_transform(films, SETTINGS["input_size"], normalize=NORMALIZE)
+    return images, tokenize(TEXTS, context_length=CONTEXT_LENGTH)
 
 
 @pytest.mark.slow  # 10 s on a 2-core machine
@@ -73,7 +75,8 @@ def test_open_clip_loads_the_folder_with_the_same_embeddings(tmp_path):
 
     x = preprocess(Image.fromarray(np.full((300, 150), 200, dtype=np.uint8), mode="L"))
     assert x.shape == (3, 64, 64)
-    black = eval_transform(torch.zeros(1, 4, 4, dtype=torch.uint8), 4)[0, :, 0, 0]
+    black = eval_transform(torch.zeros(1, 4, 4, dtype=torch.uint8), 4,
+                           normalize=NORMALIZE)[0, :, 0, 0]
     torch.testing.assert_close(x[:, 0, 0], black)  # padded column
     assert (x[:, 32, 32] > black + 1).all()  # the film itself
     cfg = json.loads((folder / "open_clip_config.json").read_text())
@@ -89,7 +92,7 @@ def test_shrunken_towers_round_trip_in_chexdino_and_open_clip_3_3_refuses_them(t
     model, ckpt = _checkpoint(tmp_path, vision)
     folder = tmp_path / "export"
     export_model(ckpt, folder, SETTINGS)
-    again = load_exported(folder)
+    again = load_exported(folder, device="cpu")
     images, tokens = _inputs()
     with torch.no_grad():
         assert torch.equal(again.encode_image(images), model.encode_image(images))
@@ -98,7 +101,7 @@ def test_shrunken_towers_round_trip_in_chexdino_and_open_clip_3_3_refuses_them(t
     doc["chexdino"]["model_config"]["embed_dim"] = 16
     (folder / "open_clip_config.json").write_text(json.dumps(doc))
     with pytest.raises(WeightsError, match="model.safetensors"):
-        load_exported(folder)
+        load_exported(folder, device="cpu")
     if "timm_model_kwargs" not in open_clip.model.CLIPVisionCfg.__dataclass_fields__:
         with pytest.raises(Exception, match="timm_model_kwargs"):
             open_clip.create_model_and_transforms(f"local-dir:{folder}")
@@ -165,8 +168,8 @@ def test_export_of_a_finished_run_and_predict_through_the_folder(tmp_path, tiny_
     from chexdino.retrieval import recall_table
 
     recall_table({"image_to_report": np.array([0, 3, 12])}, {"image_to_report": 20},
-                 n_bootstrap=10).to_csv(results / "eval" / "mimic_test" / "retrieval.csv",
-                                        index=False)
+                 n_bootstrap=10, seed=SEED).to_csv(
+        results / "eval" / "mimic_test" / "retrieval.csv", index=False)
     write_comparison(results / "eval" / "mimic_test" / "auroc.csv",
                      results / "eval" / "mimic_test" / "summary.json",
                      Path(__file__).resolve().parents[1] / "workflow" / "resources"
@@ -314,7 +317,7 @@ def test_the_cards_open_clip_recipe_gives_chexdino_predicts_embeddings(tmp_path)
                  PhotometricInterpretation="MONOCHROME1", WindowCenter=2048, WindowWidth=3500)
     assert Image.open(films[1]).mode.startswith("I")
 
-    images = np.stack([load_cxr(f, 320)[0] for f in films])
+    images = np.stack([load_cxr(f, 320, max_frame_pixels=MAX_FRAME_PIXELS)[0] for f in films])
     cpu = torch.device("cpu")
     ours = embed_images(model, images, 224, cpu, 8, "fp32", "imagenet")
     prompts = PromptConfig(**settings["evaluate"])

@@ -19,6 +19,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, g
 
 from chexdino import LABELS, h5store
 from chexdino.images import process_shard
+from conftest import MAX_FRAME_PIXELS
 
 N_MUTANTS = 240
 
@@ -118,7 +119,7 @@ def test_mutated_dicoms_never_crash_the_shard(tmp_path):
     manifest = manifest_for(paths)
     started = time.monotonic()
     counts = process_shard(manifest, tmp_path / "shard.h5", tmp_path / "rejects.csv",
-                           size=64, threads=2)
+                           size=64, threads=2, max_frame_pixels=MAX_FRAME_PIXELS)
     elapsed = time.monotonic() - started
     rejects = pd.read_csv(tmp_path / "rejects.csv", dtype=str, keep_default_na=False)
     kept = h5store.read_meta(tmp_path / "shard.h5")

@@ -24,6 +24,7 @@ from chexdino.images import (
     read_jpg,
     resize_and_pad,
 )
+from conftest import MAX_FRAME_PIXELS, STORE_SIZE
 
 
 def chexzero_preprocess(image: np.ndarray, desired_size: int = 320) -> np.ndarray:
@@ -66,7 +67,7 @@ def corpus(name: str) -> Path:
     ],
 )
 def test_resize_and_pad_places_the_film_where_chexzero_did(shape, box):
-    image = resize_and_pad(np.full(shape, 200, dtype=np.uint8))
+    image = resize_and_pad(np.full(shape, 200, dtype=np.uint8), size=STORE_SIZE)
     assert image.shape == (320, 320) and image.dtype == np.uint8
     assert nonzero_box(image) == box
 
@@ -75,13 +76,14 @@ def test_resize_and_pad_places_the_film_where_chexzero_did(shape, box):
 def test_resize_and_pad_equals_chexzero_pixel_for_pixel(shape):
     rng = np.random.default_rng(sum(shape))
     image = rng.integers(0, 256, size=shape, dtype=np.uint8)
-    np.testing.assert_array_equal(resize_and_pad(image), chexzero_preprocess(image))
+    np.testing.assert_array_equal(resize_and_pad(image, size=STORE_SIZE),
+                                  chexzero_preprocess(image))
 
 
 def test_square_film_fills_the_whole_canvas():
     rng = np.random.default_rng(0)
     image = rng.integers(100, 200, size=(1000, 1000), dtype=np.uint8)
-    assert (resize_and_pad(image) > 0).all()
+    assert (resize_and_pad(image, size=STORE_SIZE) > 0).all()
 
 
 # --- readers -----------------------------------------------------------------------------
@@ -91,41 +93,45 @@ def test_square_film_fills_the_whole_canvas():
 def test_jpg_draft_decode_gives_the_full_decode_geometry(tmp_path: Path, shape):
     path = tmp_path / "film.jpg"
     Image.fromarray(smooth_film(*shape)).save(path, quality=92)
-    drafted = read_jpg(path, 320)
+    drafted = read_jpg(path, 320, max_frame_pixels=MAX_FRAME_PIXELS)
     full = np.asarray(Image.open(path).convert("L"))
 
     # the coarsest power-of-two scale that still holds a 320 long side: 1/8 here (375 px).
     # Asking Pillow for (320, 320) would let the short side decide: 1/4 (750 px).
     assert 320 <= max(drafted.shape) < 2 * 320
     assert math.isclose(drafted.shape[0] / drafted.shape[1], shape[0] / shape[1], rel_tol=0.01)
-    from_draft, from_full = resize_and_pad(drafted), resize_and_pad(full)
+    from_draft = resize_and_pad(drafted, size=STORE_SIZE)
+    from_full = resize_and_pad(full, size=STORE_SIZE)
     assert nonzero_box(from_draft) == nonzero_box(from_full)
     assert np.abs(from_draft.astype(int) - from_full).mean() < 3
 
-    image, source_shape = load_cxr(path, 320)
+    image, source_shape = load_cxr(path, 320, max_frame_pixels=MAX_FRAME_PIXELS)
     assert source_shape == shape  # the file's size, not the draft's
     np.testing.assert_array_equal(image, from_draft)
 
 
 def test_read_image_dispatches_on_suffix(tmp_path: Path):
     np.testing.assert_array_equal(
-        read_image(corpus("MR_small.dcm")), read_dicom(corpus("MR_small.dcm"))
+        read_image(corpus("MR_small.dcm"), size=STORE_SIZE, max_frame_pixels=MAX_FRAME_PIXELS),
+        read_dicom(corpus("MR_small.dcm"), max_frame_pixels=MAX_FRAME_PIXELS)
     )
     film = smooth_film(90, 60)
     Image.fromarray(film).save(tmp_path / "film.png")
-    np.testing.assert_array_equal(read_image(tmp_path / "film.png"), film)
+    np.testing.assert_array_equal(read_image(tmp_path / "film.png", size=STORE_SIZE,
+                                             max_frame_pixels=MAX_FRAME_PIXELS), film)
 
 
 def test_16bit_png_is_scaled_to_full_range_not_clipped(tmp_path: Path):
     values = (smooth_film(90, 60).astype(np.uint16) * 200).astype(np.uint16)  # up to ~45k
     Image.fromarray(values).save(tmp_path / "deep.png")
-    image = read_image(tmp_path / "deep.png")
+    image = read_image(tmp_path / "deep.png", size=STORE_SIZE, max_frame_pixels=MAX_FRAME_PIXELS)
     assert image.min() == 0 and image.max() == 255
     assert np.corrcoef(image.ravel(), values.ravel())[0, 1] > 0.999
 
 
 def test_dicom_source_shape_is_rows_by_columns():
-    image, source_shape = load_cxr(corpus("JPEG2000_UNC.dcm"))  # 1024 rows x 256 columns
+    image, source_shape = load_cxr(corpus("JPEG2000_UNC.dcm"), size=STORE_SIZE,
+                                   max_frame_pixels=MAX_FRAME_PIXELS)  # 1024 rows x 256 columns
     assert source_shape == (1024, 256)
     # 80 px wide, centred at columns 120..199; the film itself may contain zeros
     assert not image[:, :120].any() and not image[:, 200:].any()
@@ -136,8 +142,8 @@ def test_dicom_source_shape_is_rows_by_columns():
 def test_block_averaged_dicom_keeps_the_full_frame_geometry(name: str, size: int):
     # RG1_UNCR is 1955 x 1841 (factor 3 leaves partial blocks on both edges); JPEG2000_UNC is
     # 1024 x 256 (factor 5: a thin strip, 25 px wide at size 100)
-    fast, source_shape = load_cxr(corpus(name), size)
-    full_resolution = read_dicom(corpus(name))
+    fast, source_shape = load_cxr(corpus(name), size, max_frame_pixels=MAX_FRAME_PIXELS)
+    full_resolution = read_dicom(corpus(name), max_frame_pixels=MAX_FRAME_PIXELS)
     full = resize_and_pad(full_resolution, size)
     assert source_shape == full_resolution.shape
     assert nonzero_box(fast) == nonzero_box(full)
@@ -147,8 +153,9 @@ def test_block_averaged_dicom_keeps_the_full_frame_geometry(name: str, size: int
 def test_dicom_too_small_to_reduce_gives_the_full_resolution_result_exactly():
     # 64 x 64 at size 320 (and 1024 x 256 at 320): no block averaging, same pixels as before
     for name in ("MR_small.dcm", "JPEG2000_UNC.dcm"):
-        expected = resize_and_pad(read_dicom(corpus(name)), 320)
-        np.testing.assert_array_equal(load_cxr(corpus(name), 320)[0], expected)
+        expected = resize_and_pad(read_dicom(corpus(name), max_frame_pixels=MAX_FRAME_PIXELS), 320)
+        np.testing.assert_array_equal(load_cxr(corpus(name), 320,
+                                               max_frame_pixels=MAX_FRAME_PIXELS)[0], expected)
 
 
 @pytest.mark.parametrize(
@@ -165,7 +172,7 @@ def test_read_image_failures_name_the_problem(tmp_path: Path, name, content, rea
     if content is not None:
         path.write_bytes(content)
     with pytest.raises(ImageReadError) as caught:
-        read_image(path)
+        read_image(path, size=STORE_SIZE, max_frame_pixels=MAX_FRAME_PIXELS)
     assert reason in caught.value.reason
     assert caught.value.path == str(path)
 
@@ -176,7 +183,7 @@ def test_truncated_jpg_is_rejected(tmp_path: Path):
     cut = tmp_path / "cut.jpg"
     cut.write_bytes(whole.read_bytes()[:3000])
     with pytest.raises(ImageReadError, match="truncated or corrupt"):
-        read_image(cut)
+        read_image(cut, size=STORE_SIZE, max_frame_pixels=MAX_FRAME_PIXELS)
 
 
 # --- the shard worker --------------------------------------------------------------------
@@ -220,7 +227,8 @@ REJECTED = {1: "not a DICOM file", 3: "file not found", 5: "multi-frame"}
 def test_process_shard_keeps_or_rejects_every_row_in_order(tmp_path: Path):
     manifest = make_manifest(tmp_path)
     out_h5, rejects_csv = tmp_path / "out" / "shard.h5", tmp_path / "out" / "rejects.csv"
-    counts = process_shard(manifest, out_h5, rejects_csv, size=64, threads=1)
+    counts = process_shard(manifest, out_h5, rejects_csv, size=64, threads=1,
+                           max_frame_pixels=MAX_FRAME_PIXELS)
 
     assert counts == {"input": 7, "kept": 4, "rejected": 3}
     meta = read_meta(out_h5)
@@ -235,7 +243,8 @@ def test_process_shard_keeps_or_rejects_every_row_in_order(tmp_path: Path):
         [1024, 256],
         [200, 260],
     ]
-    expected = np.stack([load_cxr(Path(p), 64)[0] for p in kept_rows["image_path"]])
+    expected = np.stack([load_cxr(Path(p), 64, max_frame_pixels=MAX_FRAME_PIXELS)[0]
+                         for p in kept_rows["image_path"]])
     np.testing.assert_array_equal(load_cxr_array(out_h5), expected)
 
     rejects = pd.read_csv(rejects_csv, dtype=str)
@@ -257,8 +266,8 @@ def test_process_shard_keeps_or_rejects_every_row_in_order(tmp_path: Path):
 @pytest.mark.parametrize("pool", ["process", "thread"])
 def test_worker_pools_return_the_same_results_in_manifest_order(tmp_path: Path, pool):
     paths = [str(p) for p in make_manifest(tmp_path)["image_path"]] * 2
-    inline = list(_decode_in_order(paths, 64, 1))
-    pooled = list(_decode_in_order(paths, 64, 2, pool))
+    inline = list(_decode_in_order(paths, 64, MAX_FRAME_PIXELS, 1))
+    pooled = list(_decode_in_order(paths, 64, MAX_FRAME_PIXELS, 2, pool))
     assert [r[2] for r in pooled] == [r[2] for r in inline]
     for (image, shape, _), (image_ref, shape_ref, _) in zip(pooled, inline, strict=True):
         assert shape == shape_ref
@@ -267,8 +276,10 @@ def test_worker_pools_return_the_same_results_in_manifest_order(tmp_path: Path, 
 
 def test_process_shard_with_threads_writes_the_same_store(tmp_path: Path):
     manifest = make_manifest(tmp_path)
-    process_shard(manifest, tmp_path / "a.h5", tmp_path / "a.csv", size=64, threads=1)
-    process_shard(manifest, tmp_path / "b.h5", tmp_path / "b.csv", size=64, threads=2)
+    process_shard(manifest, tmp_path / "a.h5", tmp_path / "a.csv", size=64, threads=1,
+                  max_frame_pixels=MAX_FRAME_PIXELS)
+    process_shard(manifest, tmp_path / "b.h5", tmp_path / "b.csv", size=64, threads=2,
+                  max_frame_pixels=MAX_FRAME_PIXELS)
     np.testing.assert_array_equal(
         load_cxr_array(tmp_path / "a.h5"), load_cxr_array(tmp_path / "b.h5")
     )
@@ -278,7 +289,8 @@ def test_process_shard_with_threads_writes_the_same_store(tmp_path: Path):
 
 def test_shard_where_every_film_fails_still_writes_both_outputs(tmp_path: Path):
     manifest = make_manifest(tmp_path).iloc[[1, 3, 5]]
-    counts = process_shard(manifest, tmp_path / "s.h5", tmp_path / "r.csv", size=32)
+    counts = process_shard(manifest, tmp_path / "s.h5", tmp_path / "r.csv", size=32,
+                           max_frame_pixels=MAX_FRAME_PIXELS)
     assert counts == {"input": 3, "kept": 0, "rejected": 3}
     with h5py.File(tmp_path / "s.h5", "r") as store:
         assert store["cxr"].shape == (0, 32, 32) and store["cxr"].dtype == np.uint8
@@ -289,7 +301,8 @@ def test_shard_where_every_film_fails_still_writes_both_outputs(tmp_path: Path):
 def test_manifest_without_label_columns_is_refused(tmp_path: Path):
     manifest = make_manifest(tmp_path).drop(columns=["Edema"])
     with pytest.raises(ValueError, match="Edema"):
-        process_shard(manifest, tmp_path / "s.h5", tmp_path / "r.csv", size=32)
+        process_shard(manifest, tmp_path / "s.h5", tmp_path / "r.csv", size=32,
+                      max_frame_pixels=MAX_FRAME_PIXELS)
     assert not (tmp_path / "s.h5").exists()
 
 

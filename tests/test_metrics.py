@@ -19,7 +19,7 @@ from chexdino.metrics import (
     headline,
     mann_whitney_auroc,
 )
-from conftest import synthetic_scores
+from conftest import BOOTSTRAP, SEED, UNCERTAIN, synthetic_scores
 
 # ---------------------------------------------------------------- AUROC and bootstrap
 
@@ -55,7 +55,7 @@ def test_mann_whitney_one_class_weighting_is_nan() -> None:
 def test_auroc_table_point_matches_sklearn_excluding_nan() -> None:
     probs, targets = synthetic_scores()
     names = [f"L{j}" for j in range(probs.shape[1])]
-    table = auroc_table(probs, targets, names, n_bootstrap=50)
+    table = auroc_table(probs, targets, names, n_bootstrap=50, seed=SEED)
     assert list(table.columns) == ["label", "auroc", "ci_low", "ci_high", "n_pos", "n_neg", "note",
                                    "flag"]
     for j, name in enumerate(names):
@@ -126,7 +126,7 @@ def test_one_class_label_gives_nan_and_note_not_crash() -> None:
     targets[:, 1] = 0.0  # only negatives
     targets[:, 2] = np.where(np.isnan(targets[:, 2]), np.nan, 1.0)  # only positives
     targets[:, 3] = np.nan  # everything excluded
-    table = auroc_table(probs, targets, ["ok", "neg", "pos", "none"], n_bootstrap=30)
+    table = auroc_table(probs, targets, ["ok", "neg", "pos", "none"], n_bootstrap=30, seed=SEED)
     t = table.set_index("label")
     assert not math.isnan(t.loc["ok", "auroc"]) and t.loc["ok", "note"] == ""
     for name in ("neg", "pos", "none"):
@@ -153,7 +153,7 @@ def test_rare_label_counts_skipped_resamples() -> None:
 
 def test_table_survives_concat_and_copy() -> None:
     probs, targets = synthetic_scores(n=80, n_labels=2)
-    t = auroc_table(probs, targets, ["a", "b"], n_bootstrap=20)
+    t = auroc_table(probs, targets, ["a", "b"], n_bootstrap=20, seed=SEED)
     both = pd.concat([t, t.copy()], ignore_index=True)
     assert len(both) == 4
 
@@ -161,15 +161,15 @@ def test_table_survives_concat_and_copy() -> None:
 def test_input_validation() -> None:
     probs, targets = synthetic_scores(n=20, n_labels=2)
     with pytest.raises(ValueError, match="label names"):
-        auroc_table(probs, targets, ["only-one"])
+        auroc_table(probs, targets, ["only-one"], n_bootstrap=BOOTSTRAP, seed=SEED)
     bad = targets.copy()
     bad[0, 0] = -1.0
     with pytest.raises(ValueError, match="eval_targets"):
-        auroc_table(probs, bad, ["a", "b"])
+        auroc_table(probs, bad, ["a", "b"], n_bootstrap=BOOTSTRAP, seed=SEED)
     nan_probs = probs.copy()
     nan_probs[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        auroc_table(nan_probs, targets, ["a", "b"])
+        auroc_table(nan_probs, targets, ["a", "b"], n_bootstrap=BOOTSTRAP, seed=SEED)
 
 
 # ---------------------------------------------------------------- headline
@@ -198,7 +198,7 @@ def test_headline_mean_and_ci_from_per_resample_means() -> None:
 def test_headline_with_undefined_competition_label_and_missing_label() -> None:
     probs, targets = synthetic_scores(n=120, n_labels=len(LABELS), seed=6)
     targets[:, list(LABELS).index("Edema")] = 0.0
-    table = auroc_table(probs, targets, LABELS, n_bootstrap=20)
+    table = auroc_table(probs, targets, LABELS, n_bootstrap=20, seed=SEED)
     s = headline(table)
     assert s["mean_auroc_competition"] is None
     assert s["competition_undefined"] == ["Edema"]
@@ -206,7 +206,7 @@ def test_headline_with_undefined_competition_label_and_missing_label() -> None:
     with pytest.raises(ValueError, match="Atelectasis"):
         headline(table[table["label"] != "Atelectasis"].reset_index(drop=True))
     # a table read back from CSV has no bootstrap: point estimate still reported, CI None
-    plain = auroc_table(*synthetic_scores(n=120, n_labels=len(LABELS), seed=6), LABELS, 20)
+    plain = auroc_table(*synthetic_scores(n=120, n_labels=len(LABELS), seed=6), LABELS, 20, SEED)
     plain.attrs.clear()
     s2 = headline(plain)
     assert s2["mean_auroc_competition"] is not None
@@ -218,11 +218,11 @@ def test_headline_with_undefined_competition_label_and_missing_label() -> None:
 
 def test_eval_targets_policies() -> None:
     raw = np.array([[1.0, 0.0, -1.0, np.nan]])
-    np.testing.assert_array_equal(eval_targets(raw), [[1.0, 0.0, np.nan, 0.0]])
+    np.testing.assert_array_equal(eval_targets(raw, uncertain=UNCERTAIN), [[1.0, 0.0, np.nan, 0.0]])
     np.testing.assert_array_equal(eval_targets(raw, "positive"), [[1.0, 0.0, 1.0, 0.0]])
     np.testing.assert_array_equal(eval_targets(raw, "negative"), [[1.0, 0.0, 0.0, 0.0]])
     assert np.isnan(raw[0, 3])  # input untouched
     with pytest.raises(ValueError, match="'ignore'"):
         eval_targets(raw, "ignore")
     with pytest.raises(ValueError, match=r"2\.0"):
-        eval_targets(np.array([[2.0, 1.0]]))
+        eval_targets(np.array([[2.0, 1.0]]), uncertain=UNCERTAIN)

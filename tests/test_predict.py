@@ -22,6 +22,7 @@ from chexdino.model import build_model
 from chexdino.model_files import Scoring
 from chexdino.predict import collect_files, predict_settings
 from chexdino.selection import select_mimic
+from conftest import MAX_FRAME_PIXELS
 
 EVAL = {"bootstrap": 0, "labels": ["Edema", "Pleural Effusion", "No Finding"],
         "positive_templates": ["{}", "signs of {}"], "negative_templates": ["no {}"]}
@@ -37,7 +38,7 @@ def scored_demo(small_demo, tmp_path_factory):
         m / "mimic-cxr-2.0.0-split.csv.gz", m / "mimic-cxr-2.0.0-metadata.csv.gz",
         m / "mimic-cxr-2.0.0-chexpert.csv.gz", m, m, ".dcm", SelectConfig.from_section())
     process_shard(manifest, tmp / "cxr.h5", tmp / "image_rejects.csv",
-                  ImagesConfig.from_section().size)
+                  ImagesConfig.from_section().size, max_frame_pixels=MAX_FRAME_PIXELS)
     torch.manual_seed(0)
     cfg = {"embed_dim": 32, "init_temperature": 0.07, "max_logit_scale": 100.0,
            "vision": {"name": "vit_base_patch16_dinov3", "weights": None, "random_init": True,

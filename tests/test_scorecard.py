@@ -15,7 +15,7 @@ from chexdino import LABELS
 from chexdino import roc_plot as plots
 from chexdino.metrics import auroc_table, headline
 from chexdino.scorecard import format_table, write_scorecard
-from conftest import synthetic_scores
+from conftest import SEED, synthetic_scores
 
 
 def test_write_scorecard_outputs_parse_back(tmp_path: Path) -> None:
@@ -24,7 +24,7 @@ def test_write_scorecard_outputs_parse_back(tmp_path: Path) -> None:
     targets[:, list(LABELS).index("Fracture")] = 0.0  # one undefined panel
     ids = pd.DataFrame({"study_id": np.arange(50_000_000, 50_000_000 + n), "split": "test"})
     ids.index = np.arange(1000, 1000 + n)  # a non-default index must not misalign rows
-    table = auroc_table(probs, targets, LABELS, n_bootstrap=50)
+    table = auroc_table(probs, targets, LABELS, n_bootstrap=50, seed=SEED)
     summary = headline(table)
     paths = write_scorecard(tmp_path / "out", ids, probs, targets, LABELS, table, summary)
     assert set(paths) == {"probabilities", "auroc", "summary", "roc"}
@@ -70,7 +70,7 @@ def test_roc_figure_has_one_panel_per_label() -> None:
 def test_format_table_headline_line() -> None:
     probs, targets = synthetic_scores(n=200, n_labels=len(LABELS), seed=5)
     targets[:, list(LABELS).index("Fracture")] = 0.0
-    table = auroc_table(probs, targets, LABELS, n_bootstrap=50)
+    table = auroc_table(probs, targets, LABELS, n_bootstrap=50, seed=SEED)
     text = format_table(table, headline(table))
     assert re.search(
         r"^mean AUROC \(5 competition labels\): 0\.\d{3} \[0\.\d{3}, 0\.\d{3}\]$",

@@ -8,12 +8,13 @@ import pandas as pd
 from chexdino import LABELS, h5store
 from chexdino.config import ReportsConfig
 from chexdino.tokens import build_tokens, read_tokens, tokenize
+from conftest import CONTEXT_LENGTH
 
 SOT, EOT = 49406, 49407
 
 
 def test_tokenize_truncates_to_context_with_eot():
-    tokens = tokenize(["No pleural effusion.", "word " * 200])
+    tokens = tokenize(["No pleural effusion.", "word " * 200], context_length=CONTEXT_LENGTH)
     assert tokens.shape == (2, 77)
     assert tokens[0, 0] == SOT and EOT in tokens[0].tolist()
     assert tokens[1, -1] == EOT and (tokens[1] != 0).all()  # truncated, still ends with EOT
@@ -38,6 +39,7 @@ def test_tokens_follow_image_rows_and_studies(tmp_path):
     tokens, has_text = read_tokens(tmp_path / "tokens.h5")
     assert counts == {"rows": 4, "with_text": 3, "without_text": 1}
     assert has_text.tolist() == [True, True, True, False]
-    expected = tokenize(["No effusion.", "Cardiomegaly.", "No effusion."]).numpy()
+    expected = tokenize(["No effusion.", "Cardiomegaly.", "No effusion."],
+                        context_length=CONTEXT_LENGTH).numpy()
     assert np.array_equal(tokens[:3], expected)
     assert not tokens[3].any()

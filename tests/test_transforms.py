@@ -19,6 +19,7 @@ from chexdino.transforms import (
     sample_crop_boxes,
     train_transform,
 )
+from conftest import NORMALIZE
 
 
 def smooth_images(n: int, size: int = 320, seed: int = 0) -> torch.Tensor:
@@ -46,7 +47,7 @@ def reference_val(images: torch.Tensor, size: int) -> torch.Tensor:
 
 def test_eval_transform_equals_torchvision_resize_normalize():
     images = smooth_images(4)
-    ours = eval_transform(images, 224)
+    ours = eval_transform(images, 224, normalize=NORMALIZE)
     ref = reference_val(images, 224)
     assert ours.shape == (4, 3, 224, 224)
     assert (ours - ref).abs().max().item() < 0.02  # clamping to [0, 1] is the only difference

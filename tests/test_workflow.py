@@ -111,7 +111,8 @@ def test_scorecards_and_report(finished_run, tmp_path):
                                                          0.889]
     from chexdino.model_files import load_exported
 
-    assert load_exported(results / "export").cfg.to_dict()["vision"] == run_config["model"][
+    assert load_exported(results / "export",
+                         device="cpu").cfg.to_dict()["vision"] == run_config["model"][
         "vision"]
     card = (results / "export" / "README.md").read_text()
     assert "## Zero-shot scorecard" in card and "image to report" in card

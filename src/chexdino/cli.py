@@ -115,10 +115,11 @@ def cmd_select_evalset(a: argparse.Namespace) -> None:
 
 @command("accuracy")
 def cmd_accuracy(a: argparse.Namespace) -> None:
+    from chexdino.config import EvaluateConfig
     from chexdino.evalsets import write_accuracy
 
-    table = write_accuracy(Path(a.probabilities), Path(a.manifest), _json(a.evaluate),
-                           Path(a.out))
+    table = write_accuracy(Path(a.probabilities), Path(a.manifest),
+                           EvaluateConfig.from_section(_json(a.evaluate)), Path(a.out))
     print(table.to_string(index=False))
 
 
@@ -250,7 +251,7 @@ def cmd_summarize(a: argparse.Namespace) -> None:
     summary["environment"] = _job_environment()
     write_summary(summary, rejects, Path(a.out), Path(a.rejects))
     report = ReportConfig.from_section(_json(a.report))
-    plot_dataset(summary, Path(a.figure), Path(a.cxr), report.sample_images)
+    plot_dataset(summary, Path(a.figure), report.sample_images, Path(a.cxr))
     print(json.dumps(summary, indent=2))
 
 

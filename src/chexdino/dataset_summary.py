@@ -77,8 +77,8 @@ def summarize_dataset(manifest_csv: Path, select_rejects: Path, cxr_h5: Path,
     return summary, rejects
 
 
-def plot_dataset(summary: dict[str, Any], out_png: Path, cxr_h5: Path | None = None,
-                 sample_images: bool = False) -> Path:
+def plot_dataset(summary: dict[str, Any], out_png: Path, sample_images: bool,
+                 cxr_h5: Path | None = None) -> Path:
     """Bars for kept-by-split, rejects-by-reason and impression sources; optional sample grid."""
     panels = [("kept images by split", summary["kept_by_split"]),
               ("rejected records by reason", summary["rejected_by_reason"]),

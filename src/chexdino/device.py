@@ -7,7 +7,7 @@ import contextlib
 import torch
 
 
-def pick_device(name: str = "auto") -> torch.device:
+def pick_device(name: str) -> torch.device:
     """``auto`` means the GPU when there is one; the CPU otherwise."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

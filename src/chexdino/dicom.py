@@ -46,10 +46,6 @@ _FAR = 1e30  # a modality value outside any real window: windowing it gives the 
 SAMPLE_EVERY = 16  # block rows checked before trusting averaged-first lookups (~1 ms)
 OFF_GREY_LEVELS = 4  # in that check, a reduced pixel further off than this is wrong ...
 MAX_OFF_SHARE = 0.001  # ... and averaging first is kept while at most this share is
-MAX_FRAME_PIXELS = 100_000_000
-"""Default of ``images.max_frame_pixels``: 10,000 x 10,000, five times the largest flat-panel
-detector (~4,300 x 4,300). A header claiming more is refused before decoding: decoders
-allocate the claimed frame first, so a 4 KB RLE file claiming 60,000 x 60,000 costs ~7 GB."""
 LUT_ATTRIBUTES = ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth")
 
 
@@ -68,7 +64,7 @@ class ReducedFilm:
     factor: int
 
 
-def read_dicom(path: Path, max_frame_pixels: int = MAX_FRAME_PIXELS) -> np.ndarray:
+def read_dicom(path: Path, max_frame_pixels: int) -> np.ndarray:
     """Return the display image of a single-frame greyscale DICOM as uint8 (bright = dense).
 
     Raises ImageReadError (with the reason) for anything that is not such a file.
@@ -77,7 +73,7 @@ def read_dicom(path: Path, max_frame_pixels: int = MAX_FRAME_PIXELS) -> np.ndarr
 
 
 def read_dicom_reduced(
-    path: Path, min_long_side: int, max_frame_pixels: int = MAX_FRAME_PIXELS
+    path: Path, min_long_side: int, max_frame_pixels: int
 ) -> ReducedFilm:
     """The display image reduced by the largest integer factor that keeps its long side at
     least ``min_long_side`` (0: full resolution), for a film that will be resized anyway.

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from chexdino import LABELS
+from chexdino.config import EvaluateConfig
 from chexdino.errors import ConfigError
 from chexdino.tables import MANIFEST_COLUMNS, SELECT_REJECT_COLUMNS
 
@@ -179,7 +180,7 @@ def select_chexpert_5x200(selection: pd.DataFrame, image_root: Path,
 
 
 def class_accuracy(probs: np.ndarray, truth: Sequence[str], classes: Sequence[str],
-                   n_bootstrap: int = 0, seed: int = 0) -> pd.DataFrame:
+                   n_bootstrap: int, seed: int) -> pd.DataFrame:
     """N-way zero-shot accuracy: each image's predicted class is the argmax of its CheXzero
     pair probabilities over ``classes`` (columns of ``probs``, in that order).
 
@@ -229,14 +230,14 @@ def write_tables(manifest: pd.DataFrame, rejects: pd.DataFrame, manifest_csv: Pa
         selection.to_csv(selection_csv, index=False)
 
 
-def write_accuracy(probabilities_csv: Path, manifest_csv: Path, settings: dict,
+def write_accuracy(probabilities_csv: Path, manifest_csv: Path, settings: EvaluateConfig,
                    out_csv: Path) -> pd.DataFrame:
     """``accuracy.csv`` of a scored N-way set: the evaluate stage's ``probabilities.csv``
-    joined by ``dicom_id`` to the manifest's one-hot labels over ``settings["labels"]``
-    (bootstrap and seed from ``settings`` too, the evaluate section's)."""
+    joined by ``dicom_id`` to the manifest's one-hot labels over ``settings.labels``
+    (bootstrap and seed from ``settings`` too, the set's evaluate section)."""
     from chexdino.selection import read_manifest
 
-    classes = list(settings["labels"])
+    classes = list(settings.labels)
     probs = pd.read_csv(probabilities_csv, dtype={"dicom_id": str})
     manifest = read_manifest(Path(manifest_csv)).set_index("dicom_id")
     onehot = manifest.loc[probs["dicom_id"], classes].to_numpy(float)
@@ -244,7 +245,7 @@ def write_accuracy(probabilities_csv: Path, manifest_csv: Path, settings: dict,
         raise ValueError(f"{manifest_csv}: every image needs exactly one positive class")
     truth = np.asarray(classes)[np.argmax(np.nan_to_num(onehot), axis=1)]
     table = class_accuracy(probs[[f"prob_{c}" for c in classes]].to_numpy(float), truth,
-                           classes, settings.get("bootstrap", 0), settings.get("seed", 0))
+                           classes, settings.bootstrap, settings.seed)
     Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_csv, index=False)
     return table

@@ -62,7 +62,7 @@ def export_section(ckpt: Mapping[str, Any], settings: Mapping[str, Any]) -> dict
                                              int(settings["input_size"]), normalize),
         "labels": list(settings["labels"]),
         "evaluate": dict(settings.get("evaluate", {})),
-        "precision": str(settings.get("precision", "bf16")),
+        "precision": str(settings["precision"]),
         "step": int(ckpt.get("step", -1)),
     }
 

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from chexdino import LABELS
 from chexdino.config import ImagesConfig
-from chexdino.dicom import MAX_FRAME_PIXELS, ReducedFilm, read_dicom, read_dicom_reduced
+from chexdino.dicom import ReducedFilm, read_dicom, read_dicom_reduced
 from chexdino.errors import ImageReadError
 from chexdino.h5store import write_rejects, write_store
 from chexdino.tables import ID_COLUMNS, IMAGE_REJECT_COLUMNS, MANIFEST_COLUMNS
@@ -46,20 +46,20 @@ Decoded = tuple[np.ndarray | None, tuple[int, int] | None, str | None]
 """(image, source (rows, cols), None) for a kept film, or (None, None, reason) for a reject."""
 
 
-def read_jpg(path: Path, size: int = 320, max_frame_pixels: int = MAX_FRAME_PIXELS) -> np.ndarray:
+def read_jpg(path: Path, size: int, max_frame_pixels: int) -> np.ndarray:
     """Greyscale pixels of a JPG/PNG. JPEGs decode at reduced scale (long side >= size),
     enough for :func:`resize_and_pad`; PNGs decode at full size."""
     return _read_with_pillow(Path(path), size, max_frame_pixels)[0]
 
 
 def read_image(
-    path: Path, size: int = 320, max_frame_pixels: int = MAX_FRAME_PIXELS
+    path: Path, size: int, max_frame_pixels: int
 ) -> np.ndarray:
     """Decode a .dcm, .jpg/.jpeg or .png film to a 2-D uint8 array (bright = dense)."""
     return _decode(Path(path), size, max_frame_pixels)[0]
 
 
-def resize_and_pad(image: np.ndarray, size: int = 320) -> np.ndarray:
+def resize_and_pad(image: np.ndarray, size: int) -> np.ndarray:
     """CheXzero's stored-image geometry: long side to ``size``, centred on black, uint8.
 
     Same arithmetic as CheXzero's ``preprocess``: ``ratio = size / max(w, h)``,
@@ -90,7 +90,7 @@ def _fit_on_canvas(
 
 
 def load_cxr(
-    path: Path, size: int = 320, max_frame_pixels: int = MAX_FRAME_PIXELS
+    path: Path, size: int, max_frame_pixels: int
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """The stored (size, size) image of a film and the film's own (rows, cols).
 
@@ -139,9 +139,9 @@ def process_shard(
     out_h5: Path,
     rejects_csv: Path,
     size: int,
+    max_frame_pixels: int,
     threads: int = 1,
     pool: PoolKind = POOL,
-    max_frame_pixels: int = MAX_FRAME_PIXELS,
     environment: dict[str, Any] | None = None,
 ) -> dict[str, int]:
     """Decode one shard's films into an image store plus a reject table.
@@ -165,7 +165,7 @@ def process_shard(
     reasons: list[str] = []
     n_kept = 0  # kept films fill images[] front to back, in manifest order
     paths = [str(p) for p in manifest["image_path"]]
-    results = _decode_in_order(paths, size, threads, pool, max_frame_pixels)
+    results = _decode_in_order(paths, size, max_frame_pixels, threads, pool)
     for row, (image, shape, reason) in enumerate(_progress(results, n, Path(out_h5).name)):
         if reason is None:
             images[n_kept], source_shapes[n_kept] = image, shape
@@ -202,7 +202,7 @@ def _check_readable(path: Path) -> None:
 
 
 def _read_with_pillow(
-    path: Path, size: int, max_frame_pixels: int = MAX_FRAME_PIXELS
+    path: Path, size: int, max_frame_pixels: int
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """Greyscale pixels (JPEG at draft scale) and the file's full (rows, cols)."""
     try:
@@ -254,7 +254,7 @@ def _greyscale_pixels(picture: Image.Image) -> np.ndarray:
     return np.asarray(picture.convert("L"), dtype=np.uint8)
 
 
-def _decode_one(path: str, size: int, max_frame_pixels: int = MAX_FRAME_PIXELS) -> Decoded:
+def _decode_one(path: str, size: int, max_frame_pixels: int) -> Decoded:
     """Worker: one film to its stored image, or to the reason it was rejected."""
     try:
         image, source_shape = load_cxr(Path(path), size, max_frame_pixels)
@@ -264,8 +264,7 @@ def _decode_one(path: str, size: int, max_frame_pixels: int = MAX_FRAME_PIXELS) 
 
 
 def _decode_in_order(
-    paths: list[str], size: int, workers: int, pool: PoolKind = POOL,
-    max_frame_pixels: int = MAX_FRAME_PIXELS,
+    paths: list[str], size: int, max_frame_pixels: int, workers: int, pool: PoolKind = POOL,
 ) -> Iterator[Decoded]:
     """Decode in manifest order, inline for one worker, else in a pool of ``workers``."""
     limits = repeat(max_frame_pixels)

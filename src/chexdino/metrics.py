@@ -36,7 +36,7 @@ _CHUNK_ELEMENTS = 1 << 22
 """Bootstrap resamples are processed in blocks of about this many (resample, row) cells."""
 
 
-def eval_targets(raw: np.ndarray, uncertain: str = "exclude") -> np.ndarray:
+def eval_targets(raw: np.ndarray, uncertain: str) -> np.ndarray:
     """Map MIMIC-CXR/CheXpert labels (1, 0, -1, blank) to float targets; NaN = excluded.
 
     Blank means the labeller found no mention, i.e. negative (CheXzero dropped these rows).
@@ -105,7 +105,7 @@ def _index_chunks(n_rows: int, n_bootstrap: int, seed: int) -> Iterator[np.ndarr
         yield rng.integers(0, n_rows, size=(min(step, n_bootstrap - start), n_rows))
 
 
-def bootstrap_indices(n_rows: int, n_bootstrap: int = 1000, seed: int = 0) -> np.ndarray:
+def bootstrap_indices(n_rows: int, n_bootstrap: int, seed: int) -> np.ndarray:
     """Row indices of every bootstrap resample, shape (n_bootstrap, n_rows).
 
     They depend only on ``(seed, n_rows)`` (never on scores or labels), so two models scored
@@ -226,8 +226,8 @@ def auroc_table(
     probs: np.ndarray,
     targets: np.ndarray,
     label_names: Sequence[str],
-    n_bootstrap: int = 1000,
-    seed: int = 0,
+    n_bootstrap: int,
+    seed: int,
     ci: float = 0.95,
 ) -> pd.DataFrame:
     """Per-label AUROC with a percentile bootstrap CI; never raises on a one-class label.

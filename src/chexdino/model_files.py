@@ -81,7 +81,7 @@ def open_clip_model_config(cfg: ModelConfig, input_size: int) -> dict[str, Any]:
     }
 
 
-def preprocess_config(input_size: int, normalize: str = "clip") -> dict[str, Any]:
+def preprocess_config(input_size: int, normalize: str) -> dict[str, Any]:
     """open_clip's ``preprocess_cfg``: aspect-kept resize of the long side, black padding.
 
     open_clip's transform letterboxes straight to ``input_size``; chexdino letterboxes to the
@@ -94,7 +94,7 @@ def preprocess_config(input_size: int, normalize: str = "clip") -> dict[str, Any
             "interpolation": "bicubic", "resize_mode": "longest", "fill_color": 0}
 
 
-def exact_preprocessing(store_size: int, input_size: int, normalize: str = "clip"
+def exact_preprocessing(store_size: int, input_size: int, normalize: str
                         ) -> dict[str, Any]:
     """The training-time evaluation preprocessing, step by step (what predict does)."""
     mean, std = NORMALIZATIONS[normalize]
@@ -132,7 +132,7 @@ def exported_settings(folder: Path) -> dict[str, Any]:
     return doc["chexdino"]
 
 
-def load_exported(folder: Path, device: torch.device | str = "cpu") -> ChexDino:
+def load_exported(folder: Path, device: torch.device | str) -> ChexDino:
     """Rebuild the chexdino model from an exported folder (strict: every tensor must match)."""
     from safetensors.torch import load_file
 
@@ -176,7 +176,7 @@ class OpenClipModel(torch.nn.Module):
         return torch.nn.functional.normalize(self.model.encode_text(tokens), dim=-1)
 
 
-def load_open_clip_folder(folder: Path, device: torch.device | str = "cpu",
+def load_open_clip_folder(folder: Path, device: torch.device | str,
                           input_size: int | None = None) -> OpenClipModel:
     """Any open_clip model folder (``open_clip_config.json`` + weights), local files only.
 
@@ -188,7 +188,8 @@ def load_open_clip_folder(folder: Path, device: torch.device | str = "cpu",
 
     folder = Path(folder)
     doc = json.loads((folder / CONFIG_FILE).read_text())
-    prep = {**preprocess_config(input_size or 224), **doc.get("preprocess_cfg", {})}
+    # Keys the folder leaves out take open_clip's own defaults (OpenAI CLIP's mean and std).
+    prep = {**preprocess_config(input_size or 224, "clip"), **doc.get("preprocess_cfg", {})}
     stats = ([round(float(v), 6) for v in prep["mean"]], [round(float(v), 6) for v in prep["std"]])
     known = [name for name, (mean, std) in NORMALIZATIONS.items()
              if stats == ([round(v, 6) for v in mean], [round(v, 6) for v in std])]
@@ -228,7 +229,7 @@ def folder_scoring(folder: Path) -> Scoring:
     return Scoring(folder_input_size(folder), str(precision), "auto")
 
 
-def load_model_folder(folder: Path, device: torch.device | str = "cpu",
+def load_model_folder(folder: Path, device: torch.device | str,
                       input_size: int | None = None) -> torch.nn.Module:
     """A chexdino export (rebuilt in chexdino) or any other open_clip model folder."""
     folder = Path(folder)

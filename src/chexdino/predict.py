@@ -147,7 +147,7 @@ def load_films(
 
 def predict_files(
     model_path: Path, inputs: Sequence[Path], settings: PredictSettings, out_csv: Path,
-    rejects_csv: Path, batch_size: int = 64,
+    rejects_csv: Path, batch_size: int,
 ) -> dict[str, int]:
     """Score every readable film under ``inputs``; write predictions and rejects tables.
 

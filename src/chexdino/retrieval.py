@@ -61,8 +61,8 @@ def retrieval_ranks(
 
 
 def recall_table(
-    ranks: dict[str, np.ndarray], n_candidates: dict[str, int], ks: Sequence[int] = KS,
-    n_bootstrap: int = 1000, seed: int = 0, ci: float = 0.95,
+    ranks: dict[str, np.ndarray], n_candidates: dict[str, int], n_bootstrap: int, seed: int,
+    ks: Sequence[int] = KS, ci: float = 0.95,
 ) -> pd.DataFrame:
     """Recall@K per direction with a percentile bootstrap CI over the queries."""
     records = []
@@ -133,7 +133,7 @@ def score_retrieval(
     }
     table = recall_table({k: v.numpy() for k, v in ranks.items()},
                          {"image_to_report": len(text_rows), "report_to_image": len(study_emb)},
-                         ks, n_bootstrap, seed)
+                         n_bootstrap=n_bootstrap, seed=seed, ks=ks)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_dir / "retrieval.csv", index=False)

@@ -19,14 +19,14 @@ from chexdino.config import ReportsConfig
 
 
 @lru_cache(maxsize=4)
-def get_tokenizer(name: str = "ViT-B-32-quickgelu", context_length: int = 77):
+def get_tokenizer(context_length: int, name: str = "ViT-B-32-quickgelu"):
     """open_clip's CLIP tokenizer (ships its BPE vocabulary); built once per process."""
     import open_clip
 
     return open_clip.get_tokenizer(name, context_length=context_length)
 
 
-def tokenize(texts: Sequence[str], context_length: int = 77) -> torch.Tensor:
+def tokenize(texts: Sequence[str], context_length: int) -> torch.Tensor:
     """(N, context_length) int64 tokens; long texts are truncated, ending in the EOT token."""
     return get_tokenizer(context_length=context_length)(list(texts))
 

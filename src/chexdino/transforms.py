@@ -39,7 +39,7 @@ class AugmentConfig:
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
 
 
-def normalize_gray(x: torch.Tensor, normalize: str = "clip") -> torch.Tensor:
+def normalize_gray(x: torch.Tensor, normalize: str) -> torch.Tensor:
     """(B, 1, H, W) floats in [0, 1] -> (B, 3, H, W) with the named per-channel mean/std."""
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"train.normalize: '{normalize}' is not one of {sorted(NORMALIZATIONS)}")
@@ -50,7 +50,7 @@ def normalize_gray(x: torch.Tensor, normalize: str = "clip") -> torch.Tensor:
 
 
 def eval_transform(
-    images: torch.Tensor, input_size: int, normalize: str = "clip"
+    images: torch.Tensor, input_size: int, normalize: str
 ) -> torch.Tensor:
     """uint8 (B, H, W) -> normalised float (B, 3, S, S): Resize(S, bicubic), as at validation."""
     x = images.unsqueeze(1).float().div_(255.0)
@@ -123,7 +123,7 @@ def augment_params(
 
 
 def apply_augment(
-    images: torch.Tensor, theta: torch.Tensor, input_size: int, normalize: str = "clip"
+    images: torch.Tensor, theta: torch.Tensor, input_size: int, normalize: str
 ) -> torch.Tensor:
     """uint8 (B, H, W) + maps (B, 2, 3) on one device -> normalised float (B, 3, S, S)."""
     grid = F.affine_grid(theta, [images.shape[0], 1, input_size, input_size],
