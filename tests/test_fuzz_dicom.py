@@ -7,8 +7,10 @@ plain non-DICOM bytes. The shard must finish, in bounded time and memory.
 
 from __future__ import annotations
 
+import multiprocessing
 import resource
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -113,13 +115,25 @@ def manifest_for(paths) -> pd.DataFrame:
     return table
 
 
+def shard_with_peak_memory(manifest, out_h5, rejects_csv) -> tuple[dict, float]:
+    """``process_shard`` (2 decoder workers) and its workers' peak resident memory in MB.
+
+    Run in a fresh interpreter: ``RUSAGE_CHILDREN`` counts every child a process has reaped,
+    and this test session's other children (a full-size model in a subprocess) are larger.
+    """
+    counts = process_shard(manifest, out_h5, rejects_csv, size=64, threads=2,
+                           max_frame_pixels=MAX_FRAME_PIXELS)
+    return counts, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
 @pytest.mark.slow
 def test_mutated_dicoms_never_crash_the_shard(tmp_path):
     paths = write_mutants(tmp_path, N_MUTANTS)
     manifest = manifest_for(paths)
     started = time.monotonic()
-    counts = process_shard(manifest, tmp_path / "shard.h5", tmp_path / "rejects.csv",
-                           size=64, threads=2, max_frame_pixels=MAX_FRAME_PIXELS)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as fresh:
+        counts, peak_mb = fresh.submit(shard_with_peak_memory, manifest, tmp_path / "shard.h5",
+                                       tmp_path / "rejects.csv").result()
     elapsed = time.monotonic() - started
     rejects = pd.read_csv(tmp_path / "rejects.csv", dtype=str, keep_default_na=False)
     kept = h5store.read_meta(tmp_path / "shard.h5")
@@ -132,8 +146,7 @@ def test_mutated_dicoms_never_crash_the_shard(tmp_path):
         images = cxr[()]
     assert images.dtype == np.uint8 and images.shape[1:] == (64, 64)
     assert elapsed < 120, f"fuzzing took {elapsed:.0f} s"
-    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    assert peak_mb < 2048, f"a decoder worker peaked at {peak_mb:.0f} MB"
+    assert 20 < peak_mb < 2048, f"a decoder worker peaked at {peak_mb:.0f} MB"
     # The reasons are short and human (no tracebacks in the reject table).
     assert rejects["reason"].str.len().max() < 300
     assert not rejects["reason"].str.contains("Traceback").any()

@@ -180,7 +180,10 @@ def test_report_renders_its_sections_in_a_browser(finished_run, chromium, tmp_pa
     zero_shot = {name: text for name, text in rendered.items()
                  if name.startswith("subcategory 3. Zero-shot evaluation")}
     assert sorted(zero_shot) == ["subcategory 3. Zero-shot evaluation / chexpert_test",
+                                 "subcategory 3. Zero-shot evaluation / linear probe",
                                  "subcategory 3. Zero-shot evaluation / mimic_test"]
+    probe = zero_shot.pop("subcategory 3. Zero-shot evaluation / linear probe")
+    assert "auroc.csv" in probe and "auroc_vs_fraction.png" in probe
     for text in zero_shot.values():
         for name in ("auroc.csv", "roc.png", "probabilities.csv"):
             assert name in text, name

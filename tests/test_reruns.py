@@ -271,7 +271,8 @@ def test_mimic_sized_config_plans_64_shard_jobs_in_seconds(tmp_path):
         "results": str(tmp_path / "results"),
         "mimic": {"image_root": str(tmp_path), "report_root": str(tmp_path),
                   "image_suffix": ".jpg", **{k: str(v) for k, v in tables.items()}},
-        "chexpert_test": None,
+        "chexpert_test": None, "rsna_pneumonia": None, "siim_pneumothorax": None,
+        "chexpert_5x200": None,
         "images": {"shards": {"mimic": 64}},  # the shipped count, per data set
     })
     t0 = time.perf_counter()

@@ -240,8 +240,8 @@ def test_every_job_went_through_sbatch_fitted_to_the_cluster(slurm_run, cluster)
     out = slurm_run["output"]
     # The jobs of seconds (the Snakefile's localrules) run in the head process, unsubmitted.
     local = set(re.findall(r"^localrule (\w+):$", out, flags=re.M))
-    assert local == {"all", "select_chexpert_test", "plot_training", "run_summary",
-                     "compare_published", "export"}, local
+    assert local == {"all", "select_chexpert_test", "leakage_check", "plot_training",
+                     "run_summary", "compare_published", "export"}, local
     expected = {rule: n for rule, n in job_stats(out).items() if rule not in local}
     by_rule = slurm_jobs_by_rule(slurm_run["logdir"])
     assert {rule: len(ids) for rule, ids in by_rule.items()} == expected

@@ -151,7 +151,7 @@ def mean_auroc(table: pd.DataFrame, competition: Sequence[str]) -> pd.DataFrame:
 def plot_probe(means: pd.DataFrame, zero_shot: Mapping[str, Any], out_png: Path) -> Path:
     """Mean competition AUROC against the label fraction (log axis), seed range as bars,
     each eval set's zero-shot mean as a dashed horizontal line of the same colour."""
-    from chexdino.plots import new_figure, save_figure
+    from chexdino.figures import new_figure, save_figure
 
     fig = new_figure(6.0, 4.0)
     ax = fig.add_subplot(1, 1, 1)
