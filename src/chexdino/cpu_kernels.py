@@ -5,14 +5,15 @@ runs on: ATen's vectorised kernels (softmax, layer norm, reductions, element-wis
 widest instruction set there is (AVX2, AVX-512), oneDNN's JIT kernels (convolutions, some
 element-wise ops) likewise, and MKL's matrix products take a branch per CPU vendor and
 instruction set. Each choice sums in another order, and so does each thread count. 500 demo
-steps from random initialisation carry these last-bit differences into the weights (measured:
-0.813 on an AVX-512 Xeon against 0.846 on an AVX2 EPYC, same code, README "The demo").
+steps from random initialisation carry these last-bit differences into the weights (reported:
+0.813 on an AVX-512 Xeon against the 0.846 of an AVX2 EPYC, same code; README "The demo").
 
 ``train.cpu_isa: avx2`` pins all three before torch runs its first kernel (the variables are
 read then, not at ``import torch``), ``train.cpu_threads`` fixes the thread count, and
-deterministic algorithms are switched on. Training records both settings in every checkpoint,
-so evaluation and retrieval of that checkpoint run pinned too. ``native`` (the default) leaves
-the libraries their own choice: the fastest kernels, and the last bits depend on the CPU.
+deterministic algorithms are switched on. ``portable`` also takes MKL's cross-vendor branch
+(slower). Training records both settings in every checkpoint, so evaluation and retrieval of
+that checkpoint run pinned too. ``native`` (the default) leaves the libraries their own
+choice: the fastest kernels, and the last bits depend on the CPU.
 
 Nothing here imports torch at module level: the command line calls :func:`pin_cpu` before the
 stage modules are imported (a kernel run at import would fix the choice too early).
@@ -38,15 +39,22 @@ ISA_ENVIRONMENT: dict[str, dict[str, str]] = {
         "ATEN_CPU_CAPABILITY": "avx2",
         # oneDNN's JIT kernels: at most AVX2 (no AVX-512, no AMX).
         "ONEDNN_MAX_CPU_ISA": "AVX2",
-        # MKL's matrix products: the one branch MKL documents as giving the same results on
-        # Intel and non-Intel CPUs (its AVX2 branch does so on Intel CPUs only; on AMD MKL
-        # then takes its automatic branch). Measured here it costs little (README).
+        # MKL's matrix products: its AVX2 branch in reproducible mode, documented to give the
+        # same results on every Intel CPU with AVX2; on other CPUs MKL takes its automatic
+        # branch instead (on this project's AMD EPYC: the same bits as unpinned).
+        "MKL_CBWR": "AVX2",
+    },
+    "portable": {
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        # MKL's one branch documented to agree on Intel and non-Intel CPUs (SSE2): measured
+        # here, 2.6x the demo's step time (docs in config.yaml).
         "MKL_CBWR": "COMPATIBLE",
     },
 }
 """The environment each ``train.cpu_isa`` value sets before torch runs a kernel."""
 
-ISA_CAPABILITY = {"avx2": "AVX2"}
+ISA_CAPABILITY = {"avx2": "AVX2", "portable": "AVX2"}
 """What ``torch.backends.cpu.get_cpu_capability()`` reports once a pin has taken effect."""
 
 KEYS = ("cpu_isa", "cpu_threads")
