@@ -164,6 +164,9 @@ def cmd_tokens(a: argparse.Namespace) -> None:
 
 @command("train")
 def cmd_train(a: argparse.Namespace) -> None:
+    from chexdino.cpu_kernels import pin_for_training
+
+    pin_for_training(_json(a.train))  # before the stage modules run any torch kernel
     from chexdino.config import ModelConfig, PromptConfig, TrainConfig
     from chexdino.distributed import launch_command, supervise
     from chexdino.train import RESUME_EXIT_CODE, STOP_RECORD, stopped_at, train
@@ -231,6 +234,9 @@ def cmd_plot_training(a: argparse.Namespace) -> None:
 
 @command("evaluate")
 def cmd_evaluate(a: argparse.Namespace) -> None:
+    from chexdino.cpu_kernels import pin_for_checkpoint
+
+    pin_for_checkpoint(Path(a.model), a.device or None)  # the kernels training ran
     from chexdino.config import EvaluateConfig
     from chexdino.evaluate import evaluate_model
 
@@ -302,6 +308,9 @@ def cmd_export(a: argparse.Namespace) -> None:
 
 @command("retrieval")
 def cmd_retrieval(a: argparse.Namespace) -> None:
+    from chexdino.cpu_kernels import pin_for_checkpoint
+
+    pin_for_checkpoint(Path(a.model))  # the kernels training ran
     from chexdino.config import EvaluateConfig
     from chexdino.retrieval import score_retrieval
 

@@ -290,6 +290,8 @@ class TrainConfig(Section):
     compile_mode: str
     data_on_device: str
     device: str
+    cpu_isa: str
+    cpu_threads: int
     seed: int
 
     @property

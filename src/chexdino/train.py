@@ -560,6 +560,8 @@ class Trainer:
         speeds = [r["img_per_s"] for r in self.log_rows[1:]]  # the first window compiles
         return {"compile": self.compile_mode or "eager", "precision": self.cfg.precision,
                 "processes": self.world.size, "device": str(self.device),
+                "cpu_isa": self.cfg.cpu_isa, "cpu_threads": self.cfg.cpu_threads,
+                "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                 "median_img_per_s": float(np.median(speeds)) if speeds else None,
                 "compile_cache": compile_cache_use() if self.compile_mode else None}
 
@@ -639,7 +641,8 @@ def changed_trajectory_code(recorded: Any) -> list[str]:
 def evaluation_settings(cfg: TrainConfig) -> dict[str, Any]:
     """What scoring a checkpoint needs from training, recorded in every checkpoint so that
     evaluation reads the model file, not the ``train:`` section."""
-    return {"input_size": cfg.input_size, "precision": cfg.precision, "device": cfg.device}
+    return {"input_size": cfg.input_size, "precision": cfg.precision, "device": cfg.device,
+            "cpu_isa": cfg.cpu_isa, "cpu_threads": cfg.cpu_threads}
 
 
 def train(cxr_h5: Path, tokens_h5: Path, out_dir: Path, model_cfg: ModelConfig,
