@@ -281,5 +281,5 @@ def test_mimic_sized_config_plans_64_shard_jobs_in_seconds(tmp_path):
     seconds = time.perf_counter() - t0
     stats = dict(re.findall(r"^(\w+)\s+(\d+)$", out, flags=re.MULTILINE))
     assert stats["image_shard"] == "64" and stats["gather_images"] == "1"
-    assert int(stats["total"]) < 80  # no job per image or per study anywhere
+    assert int(stats["total"]) < 100  # 64 shards + one job per stage: none per image or study
     assert seconds < 60, f"dry run of a {N_IMAGES:,}-image config took {seconds:.0f} s"
