@@ -205,7 +205,9 @@ def slurm_run(cluster, small_demo, tmp_path_factory):
     file, and quick polling), and the same configuration run locally."""
     base = tmp_path_factory.mktemp("slurm-run")
     results = base / "results"
-    overlay = write_run_overlay(small_demo, results)
+    # The probe's five jobs (embeddings, fits) run end to end in test_workflow.py's and
+    # test_report.py's runs; through this cluster's queue they would only add minutes.
+    overlay = write_run_overlay(small_demo, results, linear_probe={"enabled": False})
     command = readme_demo_command()
     assert command[-2:] == ["--configfile", "tests/demo/config.yaml"], command
     started = time.monotonic()
