@@ -128,7 +128,7 @@ def exported_settings(folder: Path) -> dict[str, Any]:
     doc = json.loads((Path(folder) / CONFIG_FILE).read_text())
     if "chexdino" not in doc:
         raise ChexdinoError(f"{folder / CONFIG_FILE} has no 'chexdino' section: not a chexdino "
-                            "export (give its settings with --config)")
+                            "export (chexdino evaluate scores any open_clip folder)")
     return doc["chexdino"]
 
 
@@ -268,25 +268,22 @@ SCORING_KEYS = ("input_size", "precision", "device")
 """The training settings every checkpoint records for evaluation (``train.<key>``)."""
 
 
-def checkpoint_scoring(record: Mapping[str, Any], path: Path,
-                       train: Mapping[str, Any] | None = None) -> Scoring:
+def checkpoint_scoring(record: Mapping[str, Any], path: Path) -> Scoring:
     """The scoring settings a checkpoint records. Checkpoints written before they were
-    recorded get the run's ``train`` section's values when given, else config.yaml's, and
-    the log says so."""
+    recorded get config.yaml's ``train`` values, and the log says so."""
     missing = [k for k in SCORING_KEYS if k not in record]
-    fallback = {**shipped_section("train"), **(train or {})}
+    fallback = shipped_section("train")
     if missing:
-        source = "the run's" if train else "config.yaml's"
-        log.warning("%s records no %s (written by an older chexdino): using %s train.%s",
-                    path, "/".join(missing), source,
+        log.warning("%s records no %s (written by an older chexdino): using config.yaml's "
+                    "train.%s", path, "/".join(missing),
                     ", train.".join(f"{k} = {fallback[k]}" for k in missing))
     return Scoring(**{k: record[k] if k in record else fallback[k] for k in SCORING_KEYS})
 
 
-def read_scoring(path: Path, train: Mapping[str, Any] | None = None) -> Scoring:
+def read_scoring(path: Path) -> Scoring:
     """:func:`checkpoint_scoring` of a checkpoint file (memory-mapped: the weights stay unread)."""
     record = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    return checkpoint_scoring(record, Path(path), train)
+    return checkpoint_scoring(record, Path(path))
 
 
 def checkpoint_settings(path: Path) -> dict[str, Any]:
